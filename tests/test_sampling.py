@@ -356,6 +356,10 @@ def test_sample_points_jit_vmap_no_grad_no_retrace():
      "importance_sample_ratio"),
     (dict(num_points=10, importance_sample_ratio=1.5), ValueError,
      "importance_sample_ratio"),
+    (dict(num_points=10, oversample_ratio="3"), TypeError,
+     "oversample_ratio"),
+    (dict(num_points=10, importance_sample_ratio=None), TypeError,
+     "importance_sample_ratio"),
 ])
 def test_sample_points_bad_options(kwargs, err, match):
   with pytest.raises(err, match=match):

@@ -33,25 +33,27 @@ def check_rank(x: jax.Array, rank: int, name: str, shape: str) -> None:
     raise ValueError(f"{name} must have shape {shape}, got {x.shape}.")
 
 
-def _check_coords(point_coords: jax.Array, rank: int, shape: str) -> None:
-  check_rank(point_coords, rank, "point_coords", shape)
-  if point_coords.shape[-1] != 2:
-    raise ValueError(
-        f"point_coords must have shape {shape} (x, y last), got"
-        f" {point_coords.shape}.")
-  check_floating(point_coords, "point_coords")
+def _check_coords(coords: jax.Array, rank: int, shape: str,
+                  name: str = "point_coords") -> None:
+  check_rank(coords, rank, name, shape)
+  if coords.shape[-1] != 2:
+    raise ValueError(f"{name} must have shape {shape} (x, y last), got"
+                     f" {coords.shape}.")
+  check_floating(coords, name)
 
 
-def _check_positive_int(value, name: str) -> None:
+def _check_int(value, name: str, low: int) -> None:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be a Python int, got {value!r}.")
-  if value < 1:
-    raise ValueError(f"{name} must be >= 1, got {value}.")
+  if value < low:
+    raise ValueError(f"{name} must be >= {low}, got {value}.")
 
 
-def _pixel_positions(point_coords: jax.Array) -> jax.Array:
-  """Widens coordinates to at least float32 (bfloat16 cannot hold x * W)."""
-  return point_coords.astype(jnp.promote_types(point_coords.dtype, jnp.float32))
+def _check_ratio(value, name: str, low: float, high: float) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a Python number, got {value!r}.")
+  if not low <= value <= high:  # also rejects NaN
+    raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}.")
 
 
 def point_sample_single(inputs: jax.typing.ArrayLike,
@@ -84,7 +86,10 @@ def point_sample_single(inputs: jax.typing.ArrayLike,
   _check_coords(point_coords, 2, "[num_points, 2]")
   channels, height, width = inputs.shape
 
-  grid = 2 * _pixel_positions(point_coords) - 1
+  # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
+  point_coords = point_coords.astype(
+      jnp.promote_types(point_coords.dtype, jnp.float32))
+  grid = 2 * point_coords - 1
   ix = ((grid[:, 0] + 1) * width - 1) / 2
   iy = ((grid[:, 1] + 1) * height - 1) / 2
   x0 = jnp.floor(ix)
@@ -198,20 +203,13 @@ def select_uncertain_points(
   logits = jnp.asarray(logits)
   candidates = jnp.asarray(candidates)
   _check_mask_logits(logits)
-  check_rank(candidates, 3, "candidates", "[num_masks, num_candidates, 2]")
-  if candidates.shape[-1] != 2:
-    raise ValueError("candidates must have shape [num_masks, num_candidates,"
-                     f" 2], got {candidates.shape}.")
-  check_floating(candidates, "candidates")
+  _check_coords(candidates, 3, "[num_masks, num_candidates, 2]", "candidates")
   if logits.shape[0] != candidates.shape[0]:
     raise ValueError(
         "logits and candidates must have the same num_masks (first axis),"
         f" got {logits.shape} and {candidates.shape}.")
-  if isinstance(num_uncertain, bool) or not isinstance(num_uncertain,
-                                                       numbers.Integral):
-    raise TypeError(f"num_uncertain must be a Python int, got"
-                    f" {num_uncertain!r}.")
-  if not 0 <= num_uncertain <= candidates.shape[1]:
+  _check_int(num_uncertain, "num_uncertain", 0)
+  if num_uncertain > candidates.shape[1]:
     raise ValueError(
         f"num_uncertain must lie in [0, num_candidates={candidates.shape[1]}],"
         f" got {num_uncertain}.")
@@ -274,16 +272,9 @@ def sample_points_using_uncertainty(
   """
   logits = jnp.asarray(logits)
   _check_mask_logits(logits)
-  _check_positive_int(num_points, "num_points")
-  if isinstance(oversample_ratio, bool) or not isinstance(
-      oversample_ratio, numbers.Real) or not oversample_ratio >= 1:
-    raise ValueError(
-        f"oversample_ratio must be a number >= 1, got {oversample_ratio!r}.")
-  if isinstance(importance_sample_ratio, bool) or not isinstance(
-      importance_sample_ratio,
-      numbers.Real) or not 0 <= importance_sample_ratio <= 1:
-    raise ValueError("importance_sample_ratio must be a number in [0, 1], got"
-                     f" {importance_sample_ratio!r}.")
+  _check_int(num_points, "num_points", 1)
+  _check_ratio(oversample_ratio, "oversample_ratio", 1.0, float("inf"))
+  _check_ratio(importance_sample_ratio, "importance_sample_ratio", 0.0, 1.0)
 
   num_masks = logits.shape[0]
   num_candidates = int(num_points * oversample_ratio)
@@ -329,7 +320,7 @@ def uncertain_point_coords_on_grid(
         "uncertainty_map must have a single channel, shape [num_masks, 1,"
         f" height, width], got {uncertainty_map.shape}.")
   check_floating(uncertainty_map, "uncertainty_map")
-  _check_positive_int(num_points, "num_points")
+  _check_int(num_points, "num_points", 1)
 
   num_masks, _, height, width = uncertainty_map.shape
   num_points = min(num_points, height * width)
