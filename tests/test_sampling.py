@@ -5,6 +5,7 @@ Oracles: a float64 NumPy transcription of grid_sample's bilinear rule and
 hand-computed values. Parity with torch_ref is in test_sampling_parity.py.
 """
 
+import functools
 import inspect
 
 import chex
@@ -27,6 +28,14 @@ sample_points = jax.jit(
                      "importance_sample_ratio", "uncertainty_fn"))
 on_grid = jax.jit(jaxmask.uncertain_point_coords_on_grid,
                   static_argnames=("num_points",))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def documented_draws(key, num_masks, num_candidates, num_fresh):
+  """The candidates and fresh points sample_points_using_uncertainty draws."""
+  candidate_key, fresh_key = jax.random.split(key)
+  return (jax.random.uniform(candidate_key, (num_masks, num_candidates, 2)),
+          jax.random.uniform(fresh_key, (num_masks, num_fresh, 2)))
 
 
 def np_grid_sample(inputs, coords):
@@ -258,7 +267,8 @@ def test_select_uncertain_points_bad_input(logits, coords, err, match):
 
 
 def _logits(seed=0, n=4, h=16, w=12):
-  return jax.random.normal(jax.random.key(seed), (n, 1, h, w)) * 3
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.normal(size=(n, 1, h, w)) * 3, jnp.float32)
 
 
 def test_sample_points_structure_reproducible_from_documented_keys():
@@ -267,33 +277,28 @@ def test_sample_points_structure_reproducible_from_documented_keys():
   points = sample_points(key, logits, num_points=30)
   assert points.shape == (4, 30, 2) and points.dtype == jnp.float32
   assert bool(jnp.all((points >= 0) & (points < 1)))
-  candidate_key, fresh_key = jax.random.split(key)
-  candidates = jax.random.uniform(candidate_key, (4, 90, 2))
   num_uncertain = int(0.75 * 30)  # 22 kept, 8 fresh
+  candidates, fresh = documented_draws(key, 4, 90, 30 - num_uncertain)
   np.testing.assert_array_equal(
       points[:, :num_uncertain],
       select_uncertain_points(logits, candidates,
                                       num_uncertain=num_uncertain))
-  np.testing.assert_array_equal(
-      points[:, num_uncertain:],
-      jax.random.uniform(fresh_key, (4, 30 - num_uncertain, 2)))
+  np.testing.assert_array_equal(points[:, num_uncertain:], fresh)
 
 
 def test_sample_points_ratio_extremes():
   key = jax.random.key(8)
   logits = _logits()
-  candidate_key, fresh_key = jax.random.split(key)
   # importance_sample_ratio 0: all points fresh.
+  _, fresh = documented_draws(key, 4, 60, 20)
   np.testing.assert_array_equal(
-      sample_points(
-          key, logits, num_points=20, importance_sample_ratio=0.0),
-      jax.random.uniform(fresh_key, (4, 20, 2)))
+      sample_points(key, logits, num_points=20, importance_sample_ratio=0.0),
+      fresh)
   # importance_sample_ratio 1 and oversample_ratio 1: a permutation of the
   # candidates, sorted by decreasing uncertainty.
-  points = sample_points(
-      key, logits, num_points=20, oversample_ratio=1.0,
-      importance_sample_ratio=1.0)
-  candidates = jax.random.uniform(candidate_key, (4, 20, 2))
+  points = sample_points(key, logits, num_points=20, oversample_ratio=1.0,
+                         importance_sample_ratio=1.0)
+  candidates, _ = documented_draws(key, 4, 20, 0)
   scores = -jnp.abs(point_sample(logits, points)[:, 0])
   assert bool(jnp.all(scores[:, :-1] >= scores[:, 1:]))
   for i in range(4):

@@ -16,6 +16,8 @@ Tolerances (float32):
     the largest gradient entry.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +33,18 @@ torch.set_num_threads(2)
 point_sample = jax.jit(jaxmask.point_sample)
 select_uncertain_points = jax.jit(jaxmask.select_uncertain_points,
                                   static_argnames=("num_uncertain",))
-point_mask_losses = jax.jit(
-    jaxmask.point_mask_losses,
+sample_points = jax.jit(
+    jaxmask.sample_points_using_uncertainty,
     static_argnames=("num_points", "oversample_ratio",
                      "importance_sample_ratio"))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def documented_draws(key, num_masks, num_candidates, num_fresh):
+  """The candidates and fresh points sample_points_using_uncertainty draws."""
+  candidate_key, fresh_key = jax.random.split(key)
+  return (jax.random.uniform(candidate_key, (num_masks, num_candidates, 2)),
+          jax.random.uniform(fresh_key, (num_masks, num_fresh, 2)))
 
 
 def t(x):
@@ -136,15 +146,13 @@ def test_sample_points_parity_with_injected_randomness(ratios):
   logits = (rng.normal(size=(4, 1, 24, 20)) * 3).astype(np.float32)
   key = jax.random.key(21)
   num_points = 40
-  got = jaxmask.sample_points_using_uncertainty(
+  got = sample_points(
       key, logits, num_points=num_points, oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio)
   num_candidates = int(num_points * oversample_ratio)
   k = int(importance_sample_ratio * num_points)
-  candidate_key, fresh_key = jax.random.split(key)
-  candidates = np.asarray(jax.random.uniform(candidate_key,
-                                             (4, num_candidates, 2)))
-  fresh = np.asarray(jax.random.uniform(fresh_key, (4, num_points - k, 2)))
+  candidates, fresh = map(np.asarray, documented_draws(
+      key, 4, num_candidates, num_points - k))
   want = torch_ref.sample_points_using_uncertainty(
       t(logits), num_points=num_points, oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio,
@@ -218,11 +226,9 @@ def check_point_mask_losses_parity(n, h, w, th, tw, num_points, seed):
   key = jax.random.key(seed)
   (loss_mask, loss_dice), grad = _jax_losses_and_grad(key, pred, target,
                                                       num_points)
-  candidate_key, fresh_key = jax.random.split(key)
   k = int(0.75 * num_points)
-  candidates = np.asarray(jax.random.uniform(candidate_key,
-                                             (n, int(3.0 * num_points), 2)))
-  fresh = np.asarray(jax.random.uniform(fresh_key, (n, num_points - k, 2)))
+  candidates, fresh = map(np.asarray, documented_draws(
+      key, n, int(3.0 * num_points), num_points - k))
   p = t(pred).requires_grad_()
   want_mask, want_dice = torch_ref.point_mask_losses(
       p, t(target), float(n), num_points=num_points,
