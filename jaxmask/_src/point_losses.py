@@ -17,6 +17,8 @@ from jax import lax
 
 from jaxmask._src import sampling
 
+_HIGHEST = lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16
+
 
 def _upcast(x: jax.Array) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -127,7 +129,8 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
   num_points = logits.shape[1]
   pos = _bce_with_logits(logits, jnp.ones_like(logits)) / num_points
   neg = _bce_with_logits(logits, jnp.zeros_like(logits)) / num_points
-  return pos @ labels.T + neg @ (1 - labels).T
+  return (jnp.matmul(pos, labels.T, precision=_HIGHEST)
+          + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
 
 
 def pairwise_dice_loss(logits: jax.typing.ArrayLike,
@@ -150,7 +153,7 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
   _check_points(logits, labels, pairwise=True)
   probs = jax.nn.sigmoid(_upcast(logits))
   labels = _upcast(labels)
-  numerator = 2 * probs @ labels.T
+  numerator = 2 * jnp.matmul(probs, labels.T, precision=_HIGHEST)
   denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
   return 1 - (numerator + 1) / (denominator + 1)
 
