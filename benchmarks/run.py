@@ -1,0 +1,210 @@
+"""Speed and memory of jaxmask against the PyTorch reference; rewrites RESULTS.md.
+
+    python benchmarks/run.py            # everything (a few minutes on 2 cores)
+    python benchmarks/run.py --reps 5   # fewer repetitions
+
+JAX and torch_ref run on the same inputs in the same process, interleaved rep
+by rep (these machines are noisy), torch with as many threads as XLA gets
+cores. Times are medians (min–max) of jitted, compiled calls; compile times
+are reported separately. Peak memory comes from XLA's compiled memory
+analysis (arguments + outputs + temporaries of the whole step).
+"""
+
+import argparse
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxmask
+import torch_ref
+
+P, R, BETA = 12544, 3.0, 0.75
+M, K = int(P * R), int(BETA * P)
+
+
+def _time(fn, reps):
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append((time.perf_counter() - t0) * 1e3)
+  return times
+
+
+def _compare(jax_fn, torch_fn, reps):
+  """Interleaves the two; returns (jax times, torch times, compile seconds)."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(jax_fn())
+  compile_s = time.perf_counter() - t0
+  torch_fn()
+  jt, tt = [], []
+  for _ in range(reps):
+    jt += _time(lambda: jax.block_until_ready(jax_fn()), 1)
+    tt += _time(torch_fn, 1)
+  return jt, tt, compile_s
+
+
+def _fmt(times):
+  return (f"{statistics.median(times):.1f} ({min(times):.0f}–{max(times):.0f})")
+
+
+def _inputs(n, size, seed=0):
+  rng = np.random.default_rng(seed)
+  pred = rng.normal(size=(n, size, size)).astype(np.float32) * 3
+  target = (rng.random((n, size, size)) > 0.5).astype(np.float32)
+  return pred, target
+
+
+def bench_step(n, size, reps, rows):
+  """Whole point-loss step (select + sample + CE + dice), forward + backward."""
+  pred, target = _inputs(n, size)
+  key = jax.random.key(0)
+  step = jax.jit(jax.value_and_grad(
+      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, float(n)))))
+  jp, jt_ = jnp.asarray(pred), jnp.asarray(target)
+  tp = torch.from_numpy(pred)
+  tt_ = torch.from_numpy(target)
+
+  def torch_step():
+    p = tp.clone().requires_grad_(True)
+    loss = sum(torch_ref.point_mask_losses(p, tt_, float(n)))
+    loss.backward()
+
+  jt, tt, compile_s = _compare(lambda: step(jp, jt_), torch_step, reps)
+  rows.append((f"point-loss step fwd+bwd, N={n}, {size}²", jt, tt,
+               f"{compile_s:.1f} s"))
+
+
+def bench_parts(n, size, reps, rows):
+  pred, _ = _inputs(n, size)
+  logits = pred[:, None]
+  cand = np.random.default_rng(1).random((n, M, 2)).astype(np.float32)
+  jl, jc = jnp.asarray(logits), jnp.asarray(cand)
+  tl, tc = torch.from_numpy(logits), torch.from_numpy(cand)
+
+  select = jax.jit(lambda l, c: jaxmask.select_uncertain_points(
+      l, c, num_uncertain=K))
+  jt, tt, c = _compare(lambda: select(jl, jc), lambda: torch_ref.select_uncertain_points(
+      tl, tc, num_uncertain=K), reps)
+  rows.append((f"select_uncertain_points, N={n}, M={M}, k={K}", jt, tt, f"{c:.1f} s"))
+
+  sample = jax.jit(jaxmask.point_sample)
+  jt, tt, c = _compare(lambda: sample(jl, jc),
+                       lambda: torch_ref.point_sample(tl, tc), reps)
+  rows.append((f"point_sample, N={n}, {size}², P={M}", jt, tt, f"{c:.1f} s"))
+
+  scores = -np.abs(np.random.default_rng(2).normal(size=(n, M))).astype(np.float32)
+  js, ts = jnp.asarray(scores), torch.from_numpy(scores)
+  topk = jax.jit(lambda s: jax.lax.top_k(s, K)[1])
+  jt, tt, c = _compare(lambda: topk(js), lambda: torch.topk(ts, K, dim=1)[1], reps)
+  rows.append((f"lax.top_k vs torch.topk, {n}×{M}, k={K}", jt, tt, f"{c:.1f} s"))
+
+  uniform = jax.jit(lambda k: jax.random.uniform(k, (n, M, 2)))
+  key = jax.random.key(0)
+  jt, tt, c = _compare(lambda: uniform(key), lambda: torch.rand(n, M, 2), reps)
+  rows.append((f"uniform candidates {n}×{M}×2 (threefry vs torch.rand)", jt, tt,
+               f"{c:.1f} s"))
+
+
+def _full_mask_loss(pred_lowres, target, num_masks):
+  """The loss point sampling replaces: upsample logits to the target, CE + dice."""
+  n, h, w = target.shape
+  up = jax.image.resize(pred_lowres, (n, h, w), method="bilinear")
+  flat_logits, flat_target = up.reshape(n, -1), target.reshape(n, -1)
+  return (jaxmask.sigmoid_ce_loss(flat_logits, flat_target, num_masks)
+          + jaxmask.dice_loss(flat_logits, flat_target, num_masks))
+
+
+def bench_memory(n, target_size, reps, mem_rows):
+  low = target_size // 4
+  pred = jax.ShapeDtypeStruct((n, low, low), jnp.float32)
+  target = jax.ShapeDtypeStruct((n, target_size, target_size), jnp.float32)
+  key = jax.random.key(0)
+  point = jax.jit(jax.value_and_grad(
+      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, float(n)))))
+  full = jax.jit(jax.value_and_grad(lambda p, t: _full_mask_loss(p, t, float(n))))
+  result = []
+  rng = np.random.default_rng(0)
+  args = (jnp.asarray(rng.normal(size=pred.shape), jnp.float32),
+          jnp.asarray(rng.random(target.shape) > 0.5, jnp.float32))
+  for name, fn in (("point loss", point), ("full-mask loss", full)):
+    compiled = fn.lower(pred, target).compile()
+    mem = compiled.memory_analysis()
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes)
+    times = _time(lambda: jax.block_until_ready(compiled(*args)), reps)
+    result.append((name, peak, mem.temp_size_in_bytes, times))
+  mem_rows.append((n, low, target_size, result))
+
+
+def write_results(rows, mem_rows, path, reps):
+  cores = os.cpu_count()
+  lines = [
+      "# Benchmarks: jaxmask vs the PyTorch reference (torch_ref)",
+      "",
+      "Regenerate with `python benchmarks/run.py` (this file is rewritten).",
+      "",
+      f"- machine: {platform.processor() or platform.machine()}, {cores} cores, "
+      f"{jax.default_backend().upper()} backend ({jax.devices()[0].device_kind})",
+      f"- jax {jax.__version__}, torch {torch.__version__} "
+      f"({torch.get_num_threads()} threads), Python {platform.python_version()}",
+      f"- times in ms: median (min–max) of {reps} interleaved repetitions; "
+      "ratio = torch median / JAX median (> 1: JAX is faster)",
+      f"- point sampling defaults: num_points={P}, oversample_ratio={R}, "
+      f"importance_sample_ratio={BETA} (M={M} candidates, k={K} kept)",
+      "",
+      "| what | JAX (jit) | torch_ref | ratio | JAX compile |",
+      "|---|---|---|---|---|",
+  ]
+  for name, jt, tt, compile_s in rows:
+    ratio = statistics.median(tt) / statistics.median(jt)
+    lines.append(f"| {name} | {_fmt(jt)} | {_fmt(tt)} | {ratio:.2f}× | {compile_s} |")
+  lines += [
+      "",
+      "## Memory: point loss vs full-mask loss (forward + backward, JAX)",
+      "",
+      "Mask logits at 1/4 of the target resolution; the full-mask loss upsamples",
+      "them bilinearly to the target and takes sigmoid CE + dice over every pixel",
+      "(what point sampling replaces; Mask2Former, Table 5). Peak = XLA's compiled",
+      "arguments + outputs + temporaries.",
+      "",
+      "| masks | logits | targets | loss | peak MiB | temp MiB | time ms |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for n, low, size, result in mem_rows:
+    for name, peak, temp, times in result:
+      lines.append(f"| {n} | {low}² | {size}² | {name} | {peak / 2**20:.0f} | "
+                   f"{temp / 2**20:.0f} | {_fmt(times)} |")
+    ratio = result[0][1] / result[1][1]
+    lines.append(f"| | | | point / full peak | {ratio:.2f} | | |")
+  path.write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  print(f"\nwrote {path}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--reps", type=int, default=9)
+  parser.add_argument("--out", type=pathlib.Path,
+                      default=pathlib.Path(__file__).with_name("RESULTS.md"))
+  args = parser.parse_args()
+  torch.set_num_threads(os.cpu_count())
+  rows, mem_rows = [], []
+  bench_step(200, 128, args.reps, rows)
+  bench_step(50, 128, args.reps, rows)
+  bench_step(200, 256, args.reps, rows)
+  bench_parts(200, 128, args.reps, rows)
+  for target_size in (512, 1024):
+    bench_memory(50, target_size, 3, mem_rows)
+  write_results(rows, mem_rows, args.out, args.reps)
+
+
+if __name__ == "__main__":
+  main()

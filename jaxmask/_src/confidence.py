@@ -1,0 +1,159 @@
+"""Batch-percentile confidence masks (MLKD), from a teacher's logits."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxmask._src import percentile as _pct
+
+_KEEP = ("low", "high")
+
+
+class ConfidenceMasks(NamedTuple):
+  """What `confidence_masks` returns; shapes for logits `[batch, num_classes]`."""
+
+  probs: jax.Array  # [batch, num_classes] softmax of the logits
+  confidence: jax.Array  # [batch] max probability per sample
+  pseudo_labels: jax.Array  # [batch] int32 argmax per sample
+  threshold: jax.Array  # [] q-th percentile of confidence
+  mask: jax.Array  # [batch] bool, the selected samples
+  class_confidence: jax.Array  # [num_classes] probs summed over the batch
+  class_threshold: jax.Array  # [] q-th percentile of class_confidence
+  class_mask: jax.Array  # [num_classes] bool, the selected classes
+
+
+def _check_keep(keep) -> None:
+  if keep not in _KEEP:
+    raise ValueError(f"keep must be one of {_KEEP}, got {keep!r}.")
+
+
+def _check_float(name: str, x: jax.Array) -> None:
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must be floating point, got dtype {x.dtype}.")
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+  # Half precision has too few bits to rank probabilities and their batch sums.
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _select(values: jax.Array, threshold: jax.Array, keep: str) -> jax.Array:
+  return values <= threshold if keep == "low" else values >= threshold
+
+
+def percentile_mask(
+    values: jax.typing.ArrayLike,
+    *,
+    q: jax.typing.ArrayLike = 50.0,
+    keep: str = "low",
+    axis_name=None,
+) -> tuple[jax.Array, jax.Array]:
+  """Selects the scores at or below (or above) their q-th percentile.
+
+  Equivalent to `values <= np.percentile(values, q)` (`keep="low"`) or
+  `values >= np.percentile(values, q)` (`keep="high"`), computed on device and
+  bit-for-bit NumPy's for a Python-number `q` (see `percentile`). Ties at the
+  threshold are kept. Any NaN in `values` makes the threshold NaN and the mask
+  all False, as with NumPy. No gradient flows through the outputs.
+
+  Args:
+    values: `[n]` floating scores, `n >= 1`. Half precision is upcast to
+      float32.
+    q: percentile in [0, 100]; a Python number, or a scalar that may be traced
+      (then it matches `np.percentile(values, np.float32(q))`).
+    keep: `"low"` selects `values <= threshold`, `"high"` `values >= threshold`.
+    axis_name: inside `shard_map`/`pmap`, the mapped axis: the threshold is then
+      the percentile of the scores of all devices, gathered.
+
+  Returns:
+    `(mask, threshold)`: `[n]` bool and a scalar (float32 or wider).
+
+  Example:
+    >>> mask, thr = jaxmask.percentile_mask(jnp.array([0.1, 0.9, 0.4]))
+    >>> mask  # thr == 0.4
+    Array([ True, False,  True], dtype=bool)
+  """
+  values = jnp.asarray(values)
+  if values.ndim != 1:
+    raise ValueError(f"values must have shape [n], got {values.shape}.")
+  if values.shape[0] < 1:
+    raise ValueError("values must hold at least one score, got shape (0,).")
+  _check_float("values", values)
+  _pct.check_q(q)
+  _check_keep(keep)
+  values = lax.stop_gradient(_upcast(values))
+  threshold = _pct.percentile(_pct.gather_global(values, axis_name), q)
+  threshold = lax.stop_gradient(threshold)  # q may be a traced, differentiable value
+  return _select(values, threshold, keep), threshold
+
+
+def confidence_masks(
+    logits: jax.typing.ArrayLike,
+    *,
+    q: jax.typing.ArrayLike = 50.0,
+    keep: str = "low",
+    axis_name=None,
+) -> ConfidenceMasks:
+  """Sample and class confidence masks from a teacher's logits (MLKD).
+
+  Equivalent to the PyTorch original (Jin et al., "Multi-Level Logit
+  Distillation", CVPR 2023, released code)::
+
+    probs = softmax(logits, dim=1)
+    confidence, pseudo_labels = probs.max(dim=1)
+    mask = confidence <= np.percentile(confidence, 50)
+    class_confidence = probs.sum(dim=0)
+    class_mask = class_confidence <= np.percentile(class_confidence, 50)
+
+  but on device, jit/vmap friendly, with `q` and the selection direction as
+  options. `keep="low"` (the default, as in MLKD) keeps the low-confidence
+  samples and classes; `keep="high"` keeps the confident ones, as pseudo-label
+  filters do. Thresholds are NumPy-exact (see `percentile_mask`).
+
+  All outputs carry no gradient. Half-precision logits are upcast to float32
+  first. A row with a NaN or +inf logit has NaN probabilities; its NaN
+  confidence makes both thresholds NaN, so `mask` and `class_mask` are all
+  False (NumPy's percentile propagates NaN the same way).
+
+  Args:
+    logits: `[batch, num_classes]` floating logits.
+    q: percentile in [0, 100] for both thresholds (Python number or scalar,
+      possibly traced).
+    keep: `"low"` (`<=` the threshold) or `"high"` (`>=` the threshold).
+    axis_name: inside `shard_map`/`pmap`, the mapped batch axis: the sample
+      threshold is the percentile of the global batch and class confidence is
+      summed over all devices, so the result equals the single-device result
+      on the concatenated batch.
+
+  Returns:
+    A `ConfidenceMasks` (shapes in its field comments).
+
+  Example:
+    >>> out = jaxmask.confidence_masks(logits)            # [64, 10] logits
+    >>> out.mask.shape, out.class_mask.shape
+    ((64,), (10,))
+    >>> jax.vmap(jaxmask.confidence_masks)(logits[None])  # a leading axis
+  """
+  logits = jnp.asarray(logits)
+  if logits.ndim != 2:
+    raise ValueError(
+        f"logits must have shape [batch, num_classes], got {logits.shape}.")
+  if logits.shape[0] < 1 or logits.shape[1] < 1:
+    raise ValueError(f"logits must not be empty, got shape {logits.shape}.")
+  _check_float("logits", logits)
+  logits = lax.stop_gradient(_upcast(logits))
+
+  probs = jax.nn.softmax(logits, axis=-1)
+  confidence = jnp.max(probs, axis=-1)
+  pseudo_labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  mask, threshold = percentile_mask(
+      confidence, q=q, keep=keep, axis_name=axis_name)
+
+  class_confidence = jnp.sum(probs, axis=0)
+  if axis_name is not None:
+    class_confidence = lax.psum(class_confidence, axis_name)
+  class_mask, class_threshold = percentile_mask(class_confidence, q=q, keep=keep)
+  return ConfidenceMasks(probs, confidence, pseudo_labels, threshold, mask,
+                         class_confidence, class_threshold, class_mask)

@@ -1,0 +1,249 @@
+"""Point losses and matcher costs on sampled mask logits (Mask2Former).
+
+All reductions run in float32 (inputs in bfloat16 or float16 are upcast
+first): a sum over 12544 points does not fit the 8-bit mantissa of bfloat16
+nor, for the cross-entropy, the range of float16. The losses are returned in
+float32; gradients flow back into the input dtype.
+
+References:
+  Cheng et al., "Masked-attention Mask Transformer for Universal Image
+  Segmentation" (Mask2Former), CVPR 2022.
+  Kirillov et al., "PointRend: Image Segmentation as Rendering", CVPR 2020.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxmask._src import sampling
+
+_HIGHEST = lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_points(logits: jax.Array, labels: jax.Array, pairwise: bool) -> None:
+  """Validates `[rows, num_points]` logits and labels."""
+  sampling.check_rank(logits, 2, "logits", "[num_masks, num_points]")
+  sampling.check_rank(labels, 2, "labels", "[num_masks, num_points]")
+  sampling.check_floating(logits, "logits")
+  if pairwise:
+    if logits.shape[1] != labels.shape[1]:
+      raise ValueError(
+          "logits [num_queries, num_points] and labels [num_targets,"
+          " num_points] must have the same num_points, got"
+          f" {logits.shape} and {labels.shape}.")
+  elif logits.shape != labels.shape:
+    raise ValueError("logits and labels must have the same shape [num_masks,"
+                     f" num_points], got {logits.shape} and {labels.shape}.")
+
+
+def _check_num_masks(num_masks: jax.Array) -> None:
+  if num_masks.ndim != 0:
+    raise ValueError(f"num_masks must be a scalar, got shape {num_masks.shape}.")
+
+
+def _bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Elementwise `BCEWithLogitsLoss(reduction='none')`, numerically stable."""
+  return (jnp.maximum(logits, 0) - logits * labels
+          + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
+                    labels: jax.typing.ArrayLike,
+                    num_masks: jax.typing.ArrayLike) -> jax.Array:
+  """Sigmoid cross-entropy of point logits, averaged per mask.
+
+  `sum_n mean_p BCEWithLogits(logits[n, p], labels[n, p]) / num_masks`.
+  Equivalent to `sigmoid_cross_entropy_loss` in HF transformers' Mask2Former
+  (`sigmoid_ce_loss` in Mask2Former's criterion). Computed in float32.
+
+  Args:
+    logits: `[num_masks, num_points]` floating point logits.
+    labels: `[num_masks, num_points]` targets in [0, 1] (soft allowed).
+    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+
+  Returns:
+    A float32 scalar.
+  """
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  num_masks = jnp.asarray(num_masks)
+  _check_points(logits, labels, pairwise=False)
+  _check_num_masks(num_masks)
+  loss = _bce_with_logits(_upcast(logits), _upcast(labels))
+  return loss.mean(axis=1).sum() / num_masks
+
+
+def dice_loss(logits: jax.typing.ArrayLike,
+              labels: jax.typing.ArrayLike,
+              num_masks: jax.typing.ArrayLike) -> jax.Array:
+  """Soft dice loss of point logits, summed over masks.
+
+  With `p = sigmoid(logits)`: `sum_n [1 - (2 sum_p p t + 1) / (sum_p p +
+  sum_p t + 1)] / num_masks`. Equivalent to `dice_loss` in HF transformers'
+  Mask2Former and Mask2Former's criterion. Computed in float32.
+
+  Args:
+    logits: `[num_masks, num_points]` floating point logits.
+    labels: `[num_masks, num_points]` targets in [0, 1] (soft allowed).
+    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+
+  Returns:
+    A float32 scalar.
+  """
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  num_masks = jnp.asarray(num_masks)
+  _check_points(logits, labels, pairwise=False)
+  _check_num_masks(num_masks)
+  probs = jax.nn.sigmoid(_upcast(logits))
+  labels = _upcast(labels)
+  numerator = 2 * (probs * labels).sum(axis=-1)
+  denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
+  loss = 1 - (numerator + 1) / (denominator + 1)
+  return loss.sum() / num_masks
+
+
+def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
+                             labels: jax.typing.ArrayLike) -> jax.Array:
+  """Sigmoid cross-entropy between every prediction and every target.
+
+  `cost[q, t] = mean_p BCEWithLogits(logits[q, p], labels[t, p])`, computed as
+  `(BCE(x, 1) / P) @ labels.T + (BCE(x, 0) / P) @ (1 - labels).T`, dividing by
+  P before the products as HF transformers does. Equivalent to
+  `pair_wise_sigmoid_cross_entropy_loss` (HF transformers) and
+  `batch_sigmoid_ce_loss` (Mask2Former's matcher). Computed in float32, as
+  Mask2Former's matcher does, so bfloat16/float16 inputs give finite costs.
+
+  Args:
+    logits: `[num_queries, num_points]` floating point logits.
+    labels: `[num_targets, num_points]` targets in [0, 1].
+
+  Returns:
+    `[num_queries, num_targets]` float32 costs.
+  """
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  _check_points(logits, labels, pairwise=True)
+  logits, labels = _upcast(logits), _upcast(labels)
+  num_points = logits.shape[1]
+  pos = _bce_with_logits(logits, jnp.ones_like(logits)) / num_points
+  neg = _bce_with_logits(logits, jnp.zeros_like(logits)) / num_points
+  return (jnp.matmul(pos, labels.T, precision=_HIGHEST)
+          + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
+
+
+def pairwise_dice_loss(logits: jax.typing.ArrayLike,
+                       labels: jax.typing.ArrayLike) -> jax.Array:
+  """Dice loss between every prediction and every target.
+
+  With `p = sigmoid(logits)`: `cost = 1 - (2 p @ labels.T + 1) /
+  (sum_p p[:, None] + sum_p labels[None, :] + 1)`. Equivalent to
+  `pair_wise_dice_loss` (HF transformers) and `batch_dice_loss` (Mask2Former's
+  matcher). Computed in float32.
+
+  Args:
+    logits: `[num_queries, num_points]` floating point logits.
+    labels: `[num_targets, num_points]` targets in [0, 1].
+
+  Returns:
+    `[num_queries, num_targets]` float32 costs.
+  """
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  _check_points(logits, labels, pairwise=True)
+  probs = jax.nn.sigmoid(_upcast(logits))
+  labels = _upcast(labels)
+  numerator = 2 * jnp.matmul(probs, labels.T, precision=_HIGHEST)
+  denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
+  return 1 - (numerator + 1) / (denominator + 1)
+
+
+def point_mask_losses(
+    key: jax.Array,
+    pred_masks: jax.typing.ArrayLike,
+    target_masks: jax.typing.ArrayLike,
+    num_masks: jax.typing.ArrayLike,
+    *,
+    num_points: int = 12544,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+) -> tuple[jax.Array, jax.Array]:
+  """Mask2Former's training mask losses on uncertainty-sampled points.
+
+  Equivalent to `Mask2FormerLoss.loss_masks` (HF transformers) and
+  `SetCriterion.loss_masks` (Mask2Former) on already matched masks. The points
+  are exactly `sample_points_using_uncertainty(key, pred_masks[:, None],
+  num_points=..., oversample_ratio=..., importance_sample_ratio=...)`; the
+  targets are sampled there without gradient, so the gradient flows only
+  through the sampled prediction logits. Targets may have another resolution
+  than the predictions: the coordinates are normalised.
+
+  Args:
+    key: a `jax.random` key, used as in `sample_points_using_uncertainty`.
+    pred_masks: `[num_masks, height, width]` floating mask logits.
+    target_masks: `[num_masks, target_height, target_width]` targets in [0, 1]
+      (bool or integer targets are cast to the dtype of `pred_masks`).
+    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+    num_points: P >= 1 points per mask.
+    oversample_ratio: r >= 1.
+    importance_sample_ratio: fraction in [0, 1] of points chosen by
+      uncertainty.
+
+  Returns:
+    `(loss_mask, loss_dice)`: float32 scalars, `sigmoid_ce_loss` and
+    `dice_loss` of the sampled logits and targets.
+
+  Example:
+    >>> pred = jax.random.normal(jax.random.key(1), (3, 32, 32))
+    >>> target = (pred > 0).astype(jnp.float32)
+    >>> loss_mask, loss_dice = point_mask_losses(
+    ...     jax.random.key(0), pred, target, 3.0, num_points=64)
+  """
+  pred_masks = jnp.asarray(pred_masks)
+  target_masks = jnp.asarray(target_masks)
+  sampling.check_rank(pred_masks, 3, "pred_masks",
+                      "[num_masks, height, width]")
+  sampling.check_rank(target_masks, 3, "target_masks",
+                      "[num_masks, target_height, target_width]")
+  sampling.check_floating(pred_masks, "pred_masks")
+  if pred_masks.shape[0] != target_masks.shape[0]:
+    raise ValueError(
+        "pred_masks and target_masks must have the same num_masks (first"
+        f" axis), got {pred_masks.shape} and {target_masks.shape}.")
+  if not jnp.issubdtype(target_masks.dtype, jnp.floating):
+    target_masks = target_masks.astype(pred_masks.dtype)
+
+  pred_masks = pred_masks[:, None]
+  point_coords = sampling.sample_points_using_uncertainty(
+      key, pred_masks, num_points=num_points,
+      oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio)
+  point_labels = lax.stop_gradient(
+      sampling.point_sample(target_masks[:, None], point_coords)[:, 0])
+  point_logits = sampling.point_sample(pred_masks, point_coords)[:, 0]
+  return (sigmoid_ce_loss(point_logits, point_labels, num_masks),
+          dice_loss(point_logits, point_labels, num_masks))
+
+
+def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
+                         *,
+                         axis_name=None) -> jax.Array:
+  """The number of masks to normalise the losses by: a global mean, >= 1.
+
+  `max(sum over devices of num_local_masks / number of devices, 1)`.
+  Equivalent to Mask2Former's `torch.clamp(num_masks / world_size, min=1)`
+  after an `all_reduce` of `num_masks`.
+
+  Args:
+    num_local_masks: `[]` count of target masks on this device (int or float).
+    axis_name: the mapped axis (or tuple of axes) to reduce over inside
+      `shard_map`/`pmap`; None for a single device.
+
+  Returns:
+    A `[]` float32 scalar, at least 1.
+  """
+  num_masks = jnp.asarray(num_local_masks, jnp.float32)
+  _check_num_masks(num_masks)
+  if axis_name is not None:
+    num_masks = lax.psum(num_masks, axis_name) / lax.psum(1, axis_name)
+  return jnp.maximum(num_masks, 1.0)

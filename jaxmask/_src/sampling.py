@@ -1,0 +1,335 @@
+"""Uncertainty-based point sampling (Mask2Former, PointRend).
+
+Layout follows the PyTorch originals so that code ports line for line: mask
+logits `[num_masks, channels, height, width]`, point coordinates
+`[num_masks, num_points, 2]` with `[..., 0] = x` (width) and `[..., 1] = y`
+(height), both normalised to [0, 1].
+
+References:
+  Cheng et al., "Masked-attention Mask Transformer for Universal Image
+  Segmentation" (Mask2Former), CVPR 2022.
+  Kirillov et al., "PointRend: Image Segmentation as Rendering", CVPR 2020.
+"""
+
+import numbers
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+UncertaintyFn = Callable[[jax.Array], jax.Array]
+
+
+def check_floating(x: jax.Array, name: str) -> None:
+  """Raises TypeError unless `x` has a floating dtype."""
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
+
+
+def check_rank(x: jax.Array, rank: int, name: str, shape: str) -> None:
+  """Raises ValueError unless `x` has rank `rank` (`shape` names the axes)."""
+  if x.ndim != rank:
+    raise ValueError(f"{name} must have shape {shape}, got {x.shape}.")
+
+
+def _check_coords(coords: jax.Array, rank: int, shape: str,
+                  name: str = "point_coords") -> None:
+  check_rank(coords, rank, name, shape)
+  if coords.shape[-1] != 2:
+    raise ValueError(f"{name} must have shape {shape} (x, y last), got"
+                     f" {coords.shape}.")
+  check_floating(coords, name)
+
+
+def _check_int(value, name: str, low: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be a Python int, got {value!r}.")
+  if value < low:
+    raise ValueError(f"{name} must be >= {low}, got {value}.")
+
+
+def _check_ratio(value, name: str, low: float, high: float) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a Python number, got {value!r}.")
+  if not low <= value <= high:  # also rejects NaN
+    raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}.")
+
+
+def point_sample_single(inputs: jax.typing.ArrayLike,
+                        point_coords: jax.typing.ArrayLike) -> jax.Array:
+  """Bilinearly samples one feature map at normalised points.
+
+  The per-mask form of `point_sample`; it composes with `jax.vmap`. Equivalent
+  to `torch.nn.functional.grid_sample(inputs[None], 2 * point_coords[None, :,
+  None] - 1, align_corners=False)[0, :, :, 0]` (bilinear, zero padding): the
+  point `(x, y)` lies at pixel position `(x * W - 0.5, y * H - 0.5)`, and each
+  of its four neighbours that falls outside the image contributes zero on its
+  own. The pixel positions are computed in grid_sample's order of operations,
+  `((2x - 1 + 1) * W - 1) / 2`, so results match PyTorch to float rounding.
+
+  Positions and weights are computed in float32 (or the coordinates' dtype if
+  wider); the result is cast to `inputs.dtype`.
+
+  Args:
+    inputs: `[channels, height, width]` floating feature map.
+    point_coords: `[num_points, 2]` floating `(x, y)` coordinates, nominally in
+      [0, 1]; points outside are allowed and sample the zero padding.
+
+  Returns:
+    `[channels, num_points]` sampled values, dtype of `inputs`.
+  """
+  inputs = jnp.asarray(inputs)
+  point_coords = jnp.asarray(point_coords)
+  check_rank(inputs, 3, "inputs", "[channels, height, width]")
+  check_floating(inputs, "inputs")
+  _check_coords(point_coords, 2, "[num_points, 2]")
+  channels, height, width = inputs.shape
+
+  # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
+  point_coords = point_coords.astype(
+      jnp.promote_types(point_coords.dtype, jnp.float32))
+  grid = 2 * point_coords - 1
+  ix = ((grid[:, 0] + 1) * width - 1) / 2
+  iy = ((grid[:, 1] + 1) * height - 1) / 2
+  x0 = jnp.floor(ix)
+  y0 = jnp.floor(iy)
+  x1 = x0 + 1
+  y1 = y0 + 1
+  # The four neighbours and their weights, in grid_sample's order.
+  corners = (
+      (x0, y0, (x1 - ix) * (y1 - iy)),
+      (x1, y0, (ix - x0) * (y1 - iy)),
+      (x0, y1, (x1 - ix) * (iy - y0)),
+      (x1, y1, (ix - x0) * (iy - y0)),
+  )
+  flat = inputs.reshape(channels, height * width)
+  out = jnp.zeros((channels, point_coords.shape[0]), ix.dtype)
+  for x, y, weight in corners:
+    valid = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    col = jnp.clip(x, 0, width - 1).astype(jnp.int32)
+    row = jnp.clip(y, 0, height - 1).astype(jnp.int32)
+    values = flat.at[:, row * width + col].get(mode="promise_in_bounds")
+    out = out + jnp.where(valid, values * weight, 0)
+  return out.astype(inputs.dtype)
+
+
+def point_sample(inputs: jax.typing.ArrayLike,
+                 point_coords: jax.typing.ArrayLike) -> jax.Array:
+  """Bilinearly samples feature maps at normalised points, one set per map.
+
+  Equivalent to detectron2's `point_sample` and HF transformers'
+  `sample_point` with `align_corners=False`: `grid_sample(inputs,
+  2 * point_coords - 1)` with bilinear interpolation and zero padding per
+  neighbour. See `point_sample_single` for the exact arithmetic.
+
+  Args:
+    inputs: `[num_masks, channels, height, width]` floating feature maps.
+    point_coords: `[num_masks, num_points, 2]` floating `(x, y)` coordinates
+      in [0, 1].
+
+  Returns:
+    `[num_masks, channels, num_points]` sampled values, dtype of `inputs`.
+
+  Example:
+    >>> logits = jnp.zeros((2, 1, 16, 16))
+    >>> coords = jax.random.uniform(jax.random.key(0), (2, 5, 2))
+    >>> point_sample(logits, coords).shape
+    (2, 1, 5)
+  """
+  inputs = jnp.asarray(inputs)
+  point_coords = jnp.asarray(point_coords)
+  check_rank(inputs, 4, "inputs", "[num_masks, channels, height, width]")
+  _check_coords(point_coords, 3, "[num_masks, num_points, 2]")
+  if inputs.shape[0] != point_coords.shape[0]:
+    raise ValueError(
+        "inputs and point_coords must have the same num_masks (first axis),"
+        f" got {inputs.shape} and {point_coords.shape}.")
+  return jax.vmap(point_sample_single)(inputs, point_coords)
+
+
+def calculate_uncertainty(logits: jax.typing.ArrayLike) -> jax.Array:
+  """Uncertainty of mask logits, `-|logits|` (highest where a logit is 0).
+
+  Equivalent to `calculate_uncertainty` in Mask2Former and HF transformers.
+
+  Args:
+    logits: floating array of any shape, e.g. `[num_masks, 1, num_points]`.
+
+  Returns:
+    Array of the same shape and dtype.
+  """
+  logits = jnp.asarray(logits)
+  check_floating(logits, "logits")
+  return -jnp.abs(logits)
+
+
+def _check_mask_logits(logits: jax.Array) -> None:
+  check_rank(logits, 4, "logits", "[num_masks, 1, height, width]")
+  if logits.shape[1] != 1:
+    raise ValueError(
+        "logits must have a single channel, shape [num_masks, 1, height,"
+        f" width], got {logits.shape}.")
+  check_floating(logits, "logits")
+
+
+def select_uncertain_points(
+    logits: jax.typing.ArrayLike,
+    candidates: jax.typing.ArrayLike,
+    *,
+    num_uncertain: int,
+    uncertainty_fn: UncertaintyFn = calculate_uncertainty,
+) -> jax.Array:
+  """Keeps the `num_uncertain` most uncertain candidate points of each mask.
+
+  The deterministic core of `sample_points_using_uncertainty`: samples
+  `logits` at the candidates, scores the sampled logits with `uncertainty_fn`
+  and keeps, per mask, the candidates of the `num_uncertain` highest scores,
+  in decreasing order of score (`lax.top_k`; ties keep the lower candidate
+  index first). Equivalent to the top-k and flat-index-shift gather in
+  Mask2Former's `get_uncertain_point_coords_with_randomness`, written as a
+  per-row gather. No gradient flows through the result.
+
+  Args:
+    logits: `[num_masks, 1, height, width]` floating mask logits.
+    candidates: `[num_masks, num_candidates, 2]` floating `(x, y)` points.
+    num_uncertain: how many points to keep, in [0, num_candidates].
+    uncertainty_fn: maps sampled logits `[num_masks, 1, num_candidates]` to
+      scores of the same shape, higher meaning more uncertain.
+
+  Returns:
+    `[num_masks, num_uncertain, 2]` selected points, dtype of `candidates`.
+  """
+  logits = jnp.asarray(logits)
+  candidates = jnp.asarray(candidates)
+  _check_mask_logits(logits)
+  _check_coords(candidates, 3, "[num_masks, num_candidates, 2]", "candidates")
+  if logits.shape[0] != candidates.shape[0]:
+    raise ValueError(
+        "logits and candidates must have the same num_masks (first axis),"
+        f" got {logits.shape} and {candidates.shape}.")
+  _check_int(num_uncertain, "num_uncertain", 0)
+  if num_uncertain > candidates.shape[1]:
+    raise ValueError(
+        f"num_uncertain must lie in [0, num_candidates={candidates.shape[1]}],"
+        f" got {num_uncertain}.")
+
+  logits = lax.stop_gradient(logits)
+  candidates = lax.stop_gradient(candidates)
+  scores = uncertainty_fn(point_sample(logits, candidates))
+  if scores.shape != (candidates.shape[0], 1, candidates.shape[1]):
+    raise ValueError(
+        "uncertainty_fn must return the shape of its input [num_masks, 1,"
+        f" num_candidates], got {scores.shape}.")
+  _, index = lax.top_k(scores[:, 0, :], num_uncertain)
+  return jnp.take_along_axis(candidates, index[..., None], axis=1)
+
+
+def sample_points_using_uncertainty(
+    key: jax.Array,
+    logits: jax.typing.ArrayLike,
+    *,
+    num_points: int,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+    uncertainty_fn: UncertaintyFn = calculate_uncertainty,
+) -> jax.Array:
+  """Samples points in [0, 1]² biased towards uncertain mask logits.
+
+  Equivalent to HF transformers' `Mask2FormerLoss.sample_points_using_uncertainty`
+  and detectron2's `get_uncertain_point_coords_with_randomness`. With P =
+  `num_points`:
+
+  1. `M = int(P * oversample_ratio)` uniform candidates per mask,
+     `jax.random.uniform(candidate_key, (num_masks, M, 2))`;
+  2. `select_uncertain_points` keeps `K = int(importance_sample_ratio * P)`;
+  3. `P - K` fresh points, `jax.random.uniform(fresh_key, (num_masks, P - K,
+     2))`, are appended.
+
+  Here `candidate_key, fresh_key = jax.random.split(key)`, so the candidates
+  and fresh points can be reproduced (e.g. to feed `torch_ref`). No gradient
+  flows through the result. Defaults (P = 12544, 3.0, 0.75) give 37632
+  candidates, 9408 uncertain and 3136 fresh points per mask.
+
+  Args:
+    key: a `jax.random` key.
+    logits: `[num_masks, 1, height, width]` floating mask logits.
+    num_points: P >= 1, a Python int.
+    oversample_ratio: r >= 1.
+    importance_sample_ratio: fraction in [0, 1] of points chosen by
+      uncertainty.
+    uncertainty_fn: see `select_uncertain_points`.
+
+  Returns:
+    `[num_masks, num_points, 2]` float32 `(x, y)` points in [0, 1]: the
+    uncertain ones first (most uncertain first), then the fresh ones.
+
+  Example:
+    >>> logits = jax.random.normal(jax.random.key(1), (4, 1, 32, 32))
+    >>> sample_points_using_uncertainty(
+    ...     jax.random.key(0), logits, num_points=100).shape
+    (4, 100, 2)
+  """
+  logits = jnp.asarray(logits)
+  _check_mask_logits(logits)
+  _check_int(num_points, "num_points", 1)
+  _check_ratio(oversample_ratio, "oversample_ratio", 1.0, float("inf"))
+  _check_ratio(importance_sample_ratio, "importance_sample_ratio", 0.0, 1.0)
+
+  num_masks = logits.shape[0]
+  num_candidates = int(num_points * oversample_ratio)
+  num_uncertain = int(importance_sample_ratio * num_points)
+  candidate_key, fresh_key = jax.random.split(key)
+  candidates = jax.random.uniform(candidate_key, (num_masks, num_candidates, 2))
+  uncertain = select_uncertain_points(
+      logits, candidates, num_uncertain=num_uncertain,
+      uncertainty_fn=uncertainty_fn)
+  fresh = jax.random.uniform(fresh_key,
+                             (num_masks, num_points - num_uncertain, 2))
+  return lax.stop_gradient(jnp.concatenate([uncertain, fresh], axis=1))
+
+
+def uncertain_point_coords_on_grid(
+    uncertainty_map: jax.typing.ArrayLike,
+    *,
+    num_points: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Finds the most uncertain cells of a regular grid (PointRend inference).
+
+  Equivalent to detectron2's `get_uncertain_point_coords_on_grid`: takes the
+  `K = min(num_points, H * W)` highest-scoring cells of each map (in
+  decreasing order; ties keep the lower flat index first) and returns their
+  flat indices `row * W + col` and cell-centre coordinates
+  `(0.5 / W + col / W, 0.5 / H + row / H)`, computed as detectron2 does in
+  float32. No gradient flows through the result.
+
+  Args:
+    uncertainty_map: `[num_masks, 1, height, width]` floating scores, higher
+      meaning more uncertain.
+    num_points: P >= 1, a Python int.
+
+  Returns:
+    `(flat_indices, coords)`: `[num_masks, K]` int32 indices into `H * W` and
+    `[num_masks, K, 2]` float32 `(x, y)` coordinates in (0, 1).
+  """
+  uncertainty_map = jnp.asarray(uncertainty_map)
+  check_rank(uncertainty_map, 4, "uncertainty_map",
+             "[num_masks, 1, height, width]")
+  if uncertainty_map.shape[1] != 1:
+    raise ValueError(
+        "uncertainty_map must have a single channel, shape [num_masks, 1,"
+        f" height, width], got {uncertainty_map.shape}.")
+  check_floating(uncertainty_map, "uncertainty_map")
+  _check_int(num_points, "num_points", 1)
+
+  num_masks, _, height, width = uncertainty_map.shape
+  num_points = min(num_points, height * width)
+  scores = lax.stop_gradient(uncertainty_map).reshape(num_masks, height * width)
+  _, flat_indices = lax.top_k(scores, num_points)
+  w_step = 1.0 / width
+  h_step = 1.0 / height
+  col = (flat_indices % width).astype(jnp.float32)
+  row = (flat_indices // width).astype(jnp.float32)
+  x = jnp.float32(w_step / 2) + col * jnp.float32(w_step)
+  y = jnp.float32(h_step / 2) + row * jnp.float32(h_step)
+  return flat_indices, jnp.stack([x, y], axis=-1)

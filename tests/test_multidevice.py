@@ -1,0 +1,91 @@
+"""`axis_name` statistics on 8 simulated CPU devices (see conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxmask
+
+NUM_DEVICES = 8
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  if len(jax.devices()) < NUM_DEVICES:
+    pytest.fail("conftest.py should have forced 8 CPU devices; jax was "
+                "initialised before it ran")
+  return jax.make_mesh((NUM_DEVICES,), ("data",))
+
+
+def _shard(mesh, x):
+  return jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
+
+
+def _sharded_masks(mesh, logits, **kw):
+  fn = jax.shard_map(
+      lambda x: jaxmask.confidence_masks(x, axis_name="data", **kw),
+      mesh=mesh, in_specs=P("data"),
+      out_specs=jaxmask.ConfidenceMasks(
+          probs=P("data"), confidence=P("data"), pseudo_labels=P("data"),
+          threshold=P(), mask=P("data"), class_confidence=P(),
+          class_threshold=P(), class_mask=P()),
+      check_vma=False)
+  return jax.jit(fn)(_shard(mesh, logits))
+
+
+def _uneven_logits(per_device=5, classes=10, seed=0):
+  """Shard 0 is all confident, shard 1 all unsure: a per-device median is wrong."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(NUM_DEVICES, per_device, classes)).astype(np.float32)
+  x[0, :, 0] += 12.0
+  x[1] *= 0.01
+  return x.reshape(NUM_DEVICES * per_device, classes)
+
+
+@pytest.mark.parametrize("keep", ["low", "high"])
+@pytest.mark.parametrize("q", [50.0, 20.0])
+def test_global_masks_equal_single_device(mesh, keep, q):
+  x = jnp.asarray(_uneven_logits())
+  got = _sharded_masks(mesh, x, q=q, keep=keep)
+  want = jaxmask.confidence_masks(x, q=q, keep=keep)
+  np.testing.assert_array_equal(got.threshold, want.threshold)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  np.testing.assert_array_equal(got.class_mask, want.class_mask)
+  np.testing.assert_allclose(got.class_confidence, want.class_confidence, rtol=1e-6)
+  np.testing.assert_allclose(got.class_threshold, want.class_threshold, rtol=1e-6)
+  np.testing.assert_array_equal(got.pseudo_labels, want.pseudo_labels)
+
+
+def test_a_per_device_median_would_differ(mesh):
+  x = _uneven_logits()
+  got = _sharded_masks(mesh, jnp.asarray(x))
+  local = np.concatenate([np.asarray(jaxmask.confidence_masks(s).mask)
+                          for s in np.split(x, NUM_DEVICES)])
+  mask = np.asarray(got.mask)
+  assert (mask != local).sum() >= 5
+  assert not mask[:5].any()  # the confident shard keeps none of its samples
+  assert mask[5:10].all()  # the unsure shard keeps all of its samples
+
+
+def test_mlkd_masks_are_global(mesh):
+  views = [jnp.asarray(_uneven_logits(seed=i)) for i in range(4)]
+  fn = jax.shard_map(
+      lambda *v: jaxmask.mlkd_loss(*v, axis_name="data")[3:],
+      mesh=mesh, in_specs=P("data"), out_specs=(P("data"), P()), check_vma=False)
+  mask, class_mask = jax.jit(fn)(*[_shard(mesh, v) for v in views])
+  want = jaxmask.mlkd_loss(*views)
+  np.testing.assert_array_equal(mask, want.mask)
+  np.testing.assert_array_equal(class_mask, want.class_mask)
+
+
+def test_percentile_mask_under_pmap():
+  values = jnp.asarray(np.random.default_rng(3).random((NUM_DEVICES, 3)), jnp.float32)
+  mask, thr = jax.pmap(
+      lambda v: jaxmask.percentile_mask(v, q=50.0, axis_name="i"),
+      axis_name="i")(values)
+  want_mask, want_thr = jaxmask.percentile_mask(values.reshape(-1), q=50.0)
+  np.testing.assert_array_equal(thr, np.full(NUM_DEVICES, want_thr))
+  np.testing.assert_array_equal(mask.reshape(-1), want_mask)

@@ -1,0 +1,278 @@
+"""Tests for jaxmask._src.point_losses that need no PyTorch.
+
+Oracles are float64 NumPy transcriptions of the formulas in SPEC §2; parity
+with torch_ref is in test_sampling_parity.py. Tolerance: rtol 1e-5 for
+float32 losses against float64.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+
+import jaxmask
+
+sigmoid_ce_loss = jax.jit(jaxmask.sigmoid_ce_loss)
+dice_loss = jax.jit(jaxmask.dice_loss)
+pairwise_sigmoid_ce_loss = jax.jit(jaxmask.pairwise_sigmoid_ce_loss)
+pairwise_dice_loss = jax.jit(jaxmask.pairwise_dice_loss)
+point_sample = jax.jit(jaxmask.point_sample)
+sample_points = jax.jit(jaxmask.sample_points_using_uncertainty,
+                        static_argnames=("num_points",))
+point_mask_losses = jax.jit(
+    jaxmask.point_mask_losses,
+    static_argnames=("num_points", "oversample_ratio",
+                     "importance_sample_ratio"))
+
+
+def np_bce(x, t):
+  x, t = np.float64(x), np.float64(t)
+  return np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+
+
+def np_sigmoid(x):
+  return 1 / (1 + np.exp(-np.float64(x)))
+
+
+def _points(seed, n=5, p=300, t=None):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=(n, p)) * 4).astype(np.float32)
+  labels = rng.uniform(size=(t or n, p)).astype(np.float32)  # soft targets
+  return logits, labels
+
+
+def test_sigmoid_ce_and_dice_match_formulas():
+  logits, labels = _points(0)
+  expected_ce = np_bce(logits, labels).mean(1).sum() / 3.0
+  p = np_sigmoid(logits)
+  expected_dice = (1 - (2 * (p * labels).sum(1) + 1) /
+                   (p.sum(1) + labels.sum(1) + 1)).sum() / 3.0
+  ce = sigmoid_ce_loss(logits, labels, 3.0)
+  dice = dice_loss(logits, labels, 3.0)
+  assert ce.dtype == dice.dtype == jnp.float32 and ce.shape == ()
+  np.testing.assert_allclose(ce, expected_ce, rtol=1e-5)
+  np.testing.assert_allclose(dice, expected_dice, rtol=1e-5)
+
+
+def test_perfect_and_extreme_predictions():
+  labels = np.array([[1.0, 0.0, 1.0, 0.0]], np.float32)
+  logits = (labels * 2 - 1) * 1e9
+  np.testing.assert_allclose(sigmoid_ce_loss(logits, labels, 1.0), 0.0,
+                             atol=1e-7)
+  # Dice of a perfect mask: 1 - (2*2 + 1) / (2 + 2 + 1) = 0.
+  np.testing.assert_allclose(dice_loss(logits, labels, 1.0), 0.0, atol=1e-7)
+  # Completely wrong at +-1e9: CE is 1e9 per point, finite.
+  np.testing.assert_allclose(sigmoid_ce_loss(-logits, labels, 1.0), 1e9,
+                             rtol=1e-6)
+  assert np.isfinite(pairwise_sigmoid_ce_loss(-logits, labels)).all()
+
+
+def test_pairwise_costs_match_formulas_and_diagonal():
+  logits, labels = _points(1, n=6, p=200, t=4)
+  p = np_sigmoid(logits)
+  expected_ce = (np_bce(logits[:, None], labels[None]).mean(-1))
+  expected_dice = 1 - (2 * p @ labels.T.astype(np.float64) + 1) / (
+      p.sum(1)[:, None] + labels.sum(1)[None] + 1)
+  ce = pairwise_sigmoid_ce_loss(logits, labels)
+  dice = pairwise_dice_loss(logits, labels)
+  assert ce.shape == dice.shape == (6, 4)
+  np.testing.assert_allclose(ce, expected_ce, rtol=1e-5)
+  np.testing.assert_allclose(dice, expected_dice, rtol=1e-5)
+  # Entry [q, t] is the per-mask loss of prediction q against target t.
+  np.testing.assert_allclose(
+      ce[2, 3], sigmoid_ce_loss(logits[2:3], labels[3:4], 1.0), rtol=1e-5)
+  np.testing.assert_allclose(
+      dice[2, 3], dice_loss(logits[2:3], labels[3:4], 1.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_give_finite_float32_losses(dtype):
+  # P = 12544 points at large logits: float16 would overflow a plain sum.
+  rng = np.random.default_rng(2)
+  logits = jnp.asarray(rng.normal(size=(4, 12544)) * 30, dtype)
+  labels = jnp.asarray(rng.uniform(size=(3, 12544)) > 0.5, dtype)
+  rounded = np.asarray(logits, np.float32)
+  for f in (pairwise_sigmoid_ce_loss, pairwise_dice_loss):
+    out = f(logits, labels)
+    assert out.dtype == jnp.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(out, f(rounded, np.float32(labels)), rtol=1e-6)
+  for f in (sigmoid_ce_loss, dice_loss):
+    out = f(logits, labels[:1].repeat(4, 0), 4.0)
+    assert out.dtype == jnp.float32 and np.isfinite(out)
+    np.testing.assert_allclose(out, f(rounded, np.float32(labels[:1]).repeat(
+        4, 0), 4.0), rtol=1e-6)
+  grad = jax.jit(jax.grad(lambda x: jaxmask.dice_loss(
+      x, labels[:1].repeat(4, 0), 4.0)))(logits)
+  assert grad.dtype == dtype and np.isfinite(np.float32(grad)).all()
+
+
+def test_loss_gradients_check_grads():
+  logits, labels = _points(3, n=3, p=40)
+  for f in (jaxmask.sigmoid_ce_loss, jaxmask.dice_loss):
+    jax.test_util.check_grads(lambda x, f=f: f(x, labels, 2.0),
+                              (jnp.asarray(logits),), order=1, modes=("rev",),
+                              atol=1e-2, rtol=1e-2)
+  logits, labels = _points(4, n=3, p=40, t=2)
+  for f in (jaxmask.pairwise_sigmoid_ce_loss, jaxmask.pairwise_dice_loss):
+    jax.test_util.check_grads(lambda x, f=f: f(x, labels),
+                              (jnp.asarray(logits),), order=1, modes=("rev",),
+                              atol=1e-2, rtol=1e-2)
+
+
+def test_loss_vmap_and_no_recompilation():
+  logits, labels = _points(5, n=5, p=50)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def f(x, t):
+    return jaxmask.sigmoid_ce_loss(x, t, 5.0), jaxmask.dice_loss(x, t, 5.0)
+
+  chex.clear_trace_counter()
+  f(logits, labels)
+  f(logits + 1, labels)
+  # vmap over a leading batch equals per-batch calls.
+  batched = jax.vmap(lambda x, t: jaxmask.dice_loss(x, t, 5.0))(
+      np.stack([logits, -logits]), np.stack([labels, labels]))
+  np.testing.assert_allclose(batched[1], dice_loss(-logits, labels, 5.0),
+                             rtol=1e-6)
+
+
+# ---------------------------------------------------------- point_mask_losses
+
+
+def _masks(seed, n=4, h=16, w=12, th=24, tw=20):
+  rng = np.random.default_rng(seed)
+  pred = (rng.normal(size=(n, h, w)) * 3).astype(np.float32)
+  target = (rng.uniform(size=(n, th, tw)) > 0.5).astype(np.float32)
+  return pred, target
+
+
+def test_point_mask_losses_equals_documented_composition():
+  pred, target = _masks(6)
+  key = jax.random.key(11)
+  loss_mask, loss_dice = point_mask_losses(key, pred, target, 4.0,
+                                           num_points=30)
+  coords = sample_points(key, pred[:, None], num_points=30)
+  logits = point_sample(pred[:, None], coords)[:, 0]
+  labels = point_sample(target[:, None], coords)[:, 0]
+  np.testing.assert_allclose(loss_mask, sigmoid_ce_loss(logits, labels, 4.0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(loss_dice, dice_loss(logits, labels, 4.0),
+                             rtol=1e-6)
+  # Boolean targets are cast: same losses.
+  np.testing.assert_allclose(
+      point_mask_losses(key, pred, target > 0.5, 4.0, num_points=30),
+      (loss_mask, loss_dice), rtol=1e-6)
+
+
+def test_point_mask_losses_gradient_only_through_sampled_logits():
+  pred, target = _masks(7)
+  key = jax.random.key(12)
+  grad_pred, grad_target = jax.jit(jax.grad(
+      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, 4.0,
+                                                 num_points=30)),
+      argnums=(0, 1)))(pred, target)
+  np.testing.assert_array_equal(grad_target, np.zeros_like(target))
+  # Same gradient as the losses at frozen coordinates and labels.
+  coords = sample_points(key, pred[:, None], num_points=30)
+  labels = point_sample(target[:, None], coords)[:, 0]
+
+  @jax.jit
+  def frozen(p):
+    logits = jaxmask.point_sample(p[:, None], coords)[:, 0]
+    return (jaxmask.sigmoid_ce_loss(logits, labels, 4.0)
+            + jaxmask.dice_loss(logits, labels, 4.0))
+
+  np.testing.assert_allclose(grad_pred, jax.grad(frozen)(pred),
+                             atol=1e-7)
+  assert np.abs(grad_pred).sum() > 0
+  jax.test_util.check_grads(frozen, (jnp.asarray(pred),), order=1,
+                            modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_point_mask_losses_bfloat16_finite():
+  pred, target = _masks(8)
+  losses = point_mask_losses(jax.random.key(13), pred.astype(jnp.bfloat16),
+                             target, 4.0, num_points=30)
+  for loss in losses:
+    assert loss.dtype == jnp.float32 and np.isfinite(loss)
+
+
+@pytest.mark.parametrize("pred,target,err,match", [
+    (np.zeros((2, 1, 8, 8), np.float32), np.zeros((2, 8, 8), np.float32),
+     ValueError, "pred_masks must have shape"),
+    (np.zeros((2, 8, 8), np.float32), np.zeros((2, 8), np.float32),
+     ValueError, "target_masks must have shape"),
+    (np.zeros((2, 8, 8), np.float32), np.zeros((3, 8, 8), np.float32),
+     ValueError, "same num_masks"),
+    (np.zeros((2, 8, 8), np.int32), np.zeros((2, 8, 8), np.float32),
+     TypeError, "pred_masks must have a floating dtype"),
+])
+def test_point_mask_losses_bad_input(pred, target, err, match):
+  with pytest.raises(err, match=match):
+    jaxmask.point_mask_losses(jax.random.key(0), pred, target, 2.0,
+                              num_points=10)
+
+
+def test_point_mask_losses_bad_options():
+  pred, target = _masks(9)
+  with pytest.raises(ValueError, match="oversample_ratio"):
+    jaxmask.point_mask_losses(jax.random.key(0), pred, target, 2.0,
+                              num_points=10, oversample_ratio=0.5)
+  with pytest.raises(TypeError, match="num_points"):
+    jaxmask.point_mask_losses(jax.random.key(0), pred, target, 2.0,
+                              num_points=10.5)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: jaxmask.sigmoid_ce_loss(np.zeros((2, 5), np.int32),
+                                     np.zeros((2, 5)), 1.0),
+     TypeError, "logits must have a floating dtype"),
+    (lambda: jaxmask.dice_loss(np.zeros((2, 5)), np.zeros((2, 4)), 1.0),
+     ValueError, "same shape"),
+    (lambda: jaxmask.dice_loss(np.zeros((5,)), np.zeros((5,)), 1.0),
+     ValueError, "logits must have shape"),
+    (lambda: jaxmask.sigmoid_ce_loss(np.zeros((2, 5)), np.zeros((2, 5)),
+                                     np.ones(2)),
+     ValueError, "num_masks must be a scalar"),
+    (lambda: jaxmask.pairwise_dice_loss(np.zeros((2, 5)), np.zeros((3, 4))),
+     ValueError, "same num_points"),
+    (lambda: jaxmask.pairwise_sigmoid_ce_loss(np.zeros((2, 5)),
+                                              np.zeros((3, 5, 1))),
+     ValueError, "labels must have shape"),
+    (lambda: jaxmask.num_masks_normalizer(np.ones(3)),
+     ValueError, "num_masks must be a scalar"),
+])
+def test_loss_bad_input(call, err, match):
+  with pytest.raises(err, match=match):
+    call()
+
+
+# ------------------------------------------------------- num_masks_normalizer
+
+
+def test_num_masks_normalizer_single_device():
+  assert float(jaxmask.num_masks_normalizer(5)) == 5.0
+  assert float(jaxmask.num_masks_normalizer(0)) == 1.0  # clamped
+  assert float(jaxmask.num_masks_normalizer(jnp.int32(3))) == 3.0
+
+
+@pytest.mark.parametrize("counts", [[0, 1, 2, 3, 4, 5, 6, 7], [0] * 8,
+                                    [0, 0, 0, 0, 0, 0, 0, 3]])
+def test_num_masks_normalizer_across_8_devices(counts):
+  devices = np.array(jax.devices()[:8])
+  assert devices.size == 8, "tests/conftest.py sets 8 CPU devices"
+  mesh = Mesh(devices, ("data",))
+
+  def per_device(local_counts):
+    return jaxmask.num_masks_normalizer(local_counts[0],
+                                        axis_name="data")[None]
+
+  out = jax.jit(jax.shard_map(per_device, mesh=mesh,
+                              in_specs=PartitionSpec("data"),
+                              out_specs=PartitionSpec("data")))(
+                                  jnp.asarray(counts, jnp.int32))
+  expected = max(sum(counts) / 8, 1.0)  # Mask2Former: clamp(total / 8, 1)
+  np.testing.assert_array_equal(out, np.full(8, expected, np.float32))

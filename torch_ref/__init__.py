@@ -1,0 +1,42 @@
+"""torch_ref: the PyTorch oracle for jaxmask, transcribed from the original code.
+
+Name for name it mirrors `jaxmask`; it never imports jaxmask.
+"""
+
+from torch_ref.confidence import confidence_masks
+from torch_ref.distill import batch_correlation_loss
+from torch_ref.distill import class_correlation_loss
+from torch_ref.distill import kd_loss
+from torch_ref.distill import mlkd_loss
+from torch_ref.point_losses import dice_loss
+from torch_ref.point_losses import num_masks_normalizer
+from torch_ref.point_losses import pairwise_dice_loss
+from torch_ref.point_losses import pairwise_sigmoid_ce_loss
+from torch_ref.point_losses import point_mask_losses
+from torch_ref.point_losses import sigmoid_ce_loss
+from torch_ref.sampling import calculate_uncertainty
+from torch_ref.sampling import point_sample
+from torch_ref.sampling import point_sample_single
+from torch_ref.sampling import sample_points_using_uncertainty
+from torch_ref.sampling import select_uncertain_points
+from torch_ref.sampling import uncertain_point_coords_on_grid
+
+__all__ = (
+    "batch_correlation_loss",
+    "calculate_uncertainty",
+    "class_correlation_loss",
+    "confidence_masks",
+    "dice_loss",
+    "kd_loss",
+    "mlkd_loss",
+    "num_masks_normalizer",
+    "pairwise_dice_loss",
+    "pairwise_sigmoid_ce_loss",
+    "point_mask_losses",
+    "point_sample",
+    "point_sample_single",
+    "sample_points_using_uncertainty",
+    "select_uncertain_points",
+    "sigmoid_ce_loss",
+    "uncertain_point_coords_on_grid",
+)
