@@ -18,7 +18,8 @@ and is the model evaluated, for every method alike. Augmentations are written
 in JAX with explicit keys, so a whole chunk of training steps is one jitted
 `lax.scan`; the seeds of a method run side by side under `jax.vmap`.
 
-Usage:
+Usage (from the repository root, with jaxmask importable: `pip install -e
+".[examples]"` or `PYTHONPATH=.`):
   python examples/semi_supervised.py                 # all methods, 3 seeds
   python examples/semi_supervised.py --quick         # a smoke run, seconds
   python examples/semi_supervised.py --method mlkd --labels-per-class 10
