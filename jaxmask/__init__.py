@@ -9,6 +9,7 @@ from jaxmask._src.distill import class_correlation_loss
 from jaxmask._src.distill import kd_loss
 from jaxmask._src.distill import mlkd_loss
 from jaxmask._src.percentile import percentile
+from jaxmask._src.topk import top_k_indices
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = (
     "mlkd_loss",
     "percentile",
     "percentile_mask",
+    "top_k_indices",
 )
