@@ -79,8 +79,7 @@ def _compact(words: jax.Array, num_slots: int) -> jax.Array:
   while step < min(_LANES, num_slots):
     shifted = jnp.pad(mark[:, :num_slots - step], ((0, 0), (step, 0)),
                       constant_values=-1)
-    # The barrier stops XLA fusing the chain, which recomputes it per step.
-    mark = lax.optimization_barrier(jnp.maximum(mark, shifted))
+    mark = jnp.maximum(mark, shifted)
     step *= 2
   w = jnp.maximum(mark >> shift, 0)
   rank = lax.broadcasted_iota(jnp.int32, mark.shape, 1) - (
