@@ -104,8 +104,11 @@ def _default_sizes(m: int, k: int) -> tuple[int, int, int]:
   q = k * sample_size / m
   margin = 5.0 * math.sqrt(q * (1 - k / m)) + 2
   gap = 2 * margin / (num_thresholds - 1) + 1  # sample values per bracket
-  expected = gap * m / sample_size
-  buffer_size = math.ceil(expected * (1 + 5 / math.sqrt(gap)) / 128) * 128
+  # A bracket's size is about Gamma(gap) * m / sample_size; take its
+  # 1 - 1e-7 quantile (Wilson-Hilferty), so that overflows (and the fallback)
+  # are rare: about 2e-5 of 200-row calls.
+  quantile = gap * (1 - 1 / (9 * gap) + 5.2 / (3 * math.sqrt(gap)))**3
+  buffer_size = math.ceil(quantile * m / sample_size / 128) * 128
   return sample_size, num_thresholds, min(buffer_size, m)
 
 
