@@ -122,6 +122,18 @@ def test_vmap_jit_and_no_retrace():
     got = np.asarray(batched(x * scale))
     for row_block, want in zip(got, x * scale):
       _assert_same_set(row_block, want, 1000)
+  # Nested vmap down to single rows stacks them back into one batch.
+  per_row = jax.jit(jax.vmap(jax.vmap(
+      lambda r: jaxmask.top_k_indices(r[None], 1000)[0])))
+  np.testing.assert_array_equal(per_row(x), batched(x))
+
+
+def test_no_gradient_through_indices():
+  def loss(s):
+    return jnp.take_along_axis(s, jaxmask.top_k_indices(s, 3), axis=1).sum()
+
+  x = jnp.asarray([[0.5, 3.0, -1.0, 2.0, 1.0]])
+  np.testing.assert_array_equal(jax.grad(loss)(x), [[0, 1, 0, 1, 1]])
 
 
 def test_bad_input():

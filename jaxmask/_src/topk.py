@@ -238,8 +238,8 @@ def top_k_indices(scores: jax.typing.ArrayLike, k: int) -> jax.Array:
 
   On CPU this is a sample-bracket selection several times faster than XLA's
   sort-based `lax.top_k` (see the module docstring); elsewhere it is
-  `lax.top_k`. Batch with `jax.vmap` or, faster on CPU, by stacking rows:
-  under `vmap` the exact fallback branch is evaluated too.
+  `lax.top_k`. Under `jax.vmap` the mapped rows are stacked into one batch
+  of rows. No gradient flows through the result.
 
   Args:
     scores: `[rows, M]` floating scores.
@@ -253,6 +253,16 @@ def top_k_indices(scores: jax.typing.ArrayLike, k: int) -> jax.Array:
   rows, m = scores.shape
   if k == 0 or k == m:
     return jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (rows, k))
-  scores = lax.stop_gradient(scores)
-  return lax.platform_dependent(
-      scores, cpu=lambda s: _cpu(s, k), default=lambda s: _portable(s, k))
+
+  @jax.custom_batching.custom_vmap
+  def select(s):
+    return lax.platform_dependent(
+        s, cpu=lambda s: _cpu(s, k), default=lambda s: _portable(s, k))
+
+  @select.def_vmap
+  def _(axis_size, in_batched, s):
+    # Stacks the batch into rows: a batched lax.cond would run both branches.
+    del axis_size, in_batched  # only the scores are mapped
+    return select(s.reshape(-1, m)).reshape(*s.shape[:-1], k), True
+
+  return select(lax.stop_gradient(scores))
