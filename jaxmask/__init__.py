@@ -21,6 +21,7 @@ from jaxmask._src.sampling import point_sample_single
 from jaxmask._src.sampling import sample_points_using_uncertainty
 from jaxmask._src.sampling import select_uncertain_points
 from jaxmask._src.sampling import uncertain_point_coords_on_grid
+from jaxmask._src.topk import top_k_indices
 
 __version__ = "0.1.0"
 
@@ -45,5 +46,6 @@ __all__ = (
     "sample_points_using_uncertainty",
     "select_uncertain_points",
     "sigmoid_ce_loss",
+    "top_k_indices",
     "uncertain_point_coords_on_grid",
 )
