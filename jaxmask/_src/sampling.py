@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask._src import topk
+
 UncertaintyFn = Callable[[jax.Array], jax.Array]
 
 
@@ -184,9 +186,11 @@ def select_uncertain_points(
 
   The deterministic core of `sample_points_using_uncertainty`: samples
   `logits` at the candidates, scores the sampled logits with `uncertainty_fn`
-  and keeps, per mask, the candidates of the `num_uncertain` highest scores,
-  in decreasing order of score (`lax.top_k`; ties keep the lower candidate
-  index first). Equivalent to the top-k and flat-index-shift gather in
+  and keeps, per mask, the candidates of the `num_uncertain` highest scores:
+  the same set as `lax.top_k` (ties keep the lower candidate indices), found
+  by `top_k_indices`, which is exact and several times faster on XLA:CPU; the
+  order within a row is unspecified (the losses built on them are sums).
+  Equivalent to the top-k and flat-index-shift gather in
   Mask2Former's `get_uncertain_point_coords_with_randomness`, written as a
   per-row gather. No gradient flows through the result.
 
@@ -221,7 +225,7 @@ def select_uncertain_points(
     raise ValueError(
         "uncertainty_fn must return the shape of its input [num_masks, 1,"
         f" num_candidates], got {scores.shape}.")
-  _, index = lax.top_k(scores[:, 0, :], num_uncertain)
+  index = topk.top_k_indices(scores[:, 0, :], num_uncertain)
   return jnp.take_along_axis(candidates, index[..., None], axis=1)
 
 
