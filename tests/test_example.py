@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 for _module in ("flax", "optax", "sklearn", "matplotlib", "tqdm"):
@@ -24,22 +25,31 @@ def example():
   return module
 
 
-def test_quick_run_trains_and_writes_results(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  """The default `--quick` run, in a subprocess: its output dir and stdout."""
+  out = tmp_path_factory.mktemp("quick")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
   # The subprocess inherits conftest's 8 simulated devices; it must use one.
   proc = subprocess.run(
-      [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+      [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert str(tmp_path / "results.json") in proc.stdout
+  return out, proc.stdout
+
+
+def test_quick_run_trains_and_writes_results(quick_run):
+  tmp_path, stdout = quick_run
+  assert str(tmp_path / "results.json") in stdout
 
   with open(tmp_path / "results.json") as f:
     results = json.load(f)["results"]
   assert list(results) == ["supervised", "pseudo-label", "mlkd"]
   for method, r in results.items():
     assert r["labels_per_class"] == 5 and r["num_labels"] == 50, method
+    assert r["devices"] == 1, method
     assert len(r["test_accuracy"]) == 1 and r["wall_seconds"] > 0, method
     # History entries are [evals][seeds]. The unlabelled loss may rise while
     # the teacher grows confident, so the labelled loss is what must fall.
@@ -53,6 +63,30 @@ def test_quick_run_trains_and_writes_results(tmp_path):
   assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_eight_devices_train_like_one(example, quick_run, tmp_path):
+  """Global masks and batch-wide random draws: 8 shards train like 1 batch.
+
+  Gradients agree to ~1e-7; over 100 Adam steps rounding grows to ~1e-4 in
+  MLKD's losses, which may move a test image across a decision boundary.
+  """
+  methods = ["pseudo-label", "mlkd"]  # The methods that use masks.
+  assert example.main(["--quick", "--devices", "8", "--method", *methods,
+                       "--out", str(tmp_path)]) == 0
+  with open(tmp_path / "results.json") as f:
+    got = json.load(f)
+  with open(quick_run[0] / "results.json") as f:
+    want = json.load(f)["results"]
+  assert got["config"]["devices"] == 8
+  for method in methods:
+    g, w = got["results"][method], want[method]
+    assert g["devices"] == 8, method
+    for name in ("loss", "labelled_loss", "unlabelled_loss", "kept"):
+      np.testing.assert_allclose(g["history"][name], w["history"][name],
+                                 rtol=2e-3, atol=1e-6, err_msg=method + name)
+    np.testing.assert_allclose(g["test_accuracy"], w["test_accuracy"],
+                               atol=1.01 / 540, err_msg=method)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "fixmatch"], "invalid choice: 'fixmatch'"),
     (["--labels-per-class", "0"], "--labels-per-class must be at least 1"),
@@ -61,6 +95,11 @@ def test_quick_run_trains_and_writes_results(tmp_path):
     (["--ema-decay", "1.0"], "--ema-decay must lie in [0, 1)"),
     (["--q", "101"], "--q must lie in [0, 100]"),
     (["--unknown-flag"], "unrecognized arguments"),
+    (["--devices", "9"], "--devices must be between 0 (all) and the 8 local"),
+    (["--devices", "-1"], "--devices must be between 0 (all) and the"),
+    (["--devices", "3"], "--batch-size (32) must be divisible by --devices"),
+    (["--devices", "8", "--unlabelled-batch-size", "60"],
+     "--unlabelled-batch-size (60) must be divisible by --devices (8)"),
 ])
 def test_bad_flags_exit_with_a_message(example, capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:
