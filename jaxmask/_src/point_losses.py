@@ -45,6 +45,15 @@ def _check_num_masks(num_masks: jax.Array) -> None:
     raise ValueError(f"num_masks must be a scalar, got shape {num_masks.shape}.")
 
 
+def _per_mask_inputs(logits, labels, num_masks):
+  """Validates `[num_masks, num_points]` inputs; returns them in float32+."""
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  num_masks = jnp.asarray(num_masks)
+  _check_points(logits, labels, pairwise=False)
+  _check_num_masks(num_masks)
+  return _upcast(logits), _upcast(labels), num_masks
+
+
 def _bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Elementwise `BCEWithLogitsLoss(reduction='none')`, numerically stable."""
   return (jnp.maximum(logits, 0) - logits * labels
@@ -68,11 +77,8 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
   Returns:
     A float32 scalar.
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  num_masks = jnp.asarray(num_masks)
-  _check_points(logits, labels, pairwise=False)
-  _check_num_masks(num_masks)
-  loss = _bce_with_logits(_upcast(logits), _upcast(labels))
+  logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
+  loss = _bce_with_logits(logits, labels)
   return loss.mean(axis=1).sum() / num_masks
 
 
@@ -93,12 +99,8 @@ def dice_loss(logits: jax.typing.ArrayLike,
   Returns:
     A float32 scalar.
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  num_masks = jnp.asarray(num_masks)
-  _check_points(logits, labels, pairwise=False)
-  _check_num_masks(num_masks)
-  probs = jax.nn.sigmoid(_upcast(logits))
-  labels = _upcast(labels)
+  logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
+  probs = jax.nn.sigmoid(logits)
   numerator = 2 * (probs * labels).sum(axis=-1)
   denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
   loss = 1 - (numerator + 1) / (denominator + 1)
