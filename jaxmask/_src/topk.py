@@ -207,8 +207,10 @@ def _select(scores: jax.Array, k: int, *, sample_size: int,
   if real is not None:
     chosen &= real
   fast = _compact(_pack(chosen), k)
+  # The fallback ranks the keys, not `scores` (same order and ties), so that
+  # `scores` has one consumer and its producer can fuse into the keys.
   return lax.cond(jnp.all(num_in <= buffer_size), lambda: fast,
-                  lambda: lax.top_k(scores, k)[1])
+                  lambda: lax.top_k(keys, k)[1])
 
 
 def _portable(scores: jax.Array, k: int) -> jax.Array:

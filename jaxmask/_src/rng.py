@@ -1,0 +1,80 @@
+"""`jax.random.uniform`, bit for bit, without XLA:CPU's rolled Threefry loop.
+
+On CPU, JAX lowers Threefry-2x32 as a 5-step `fori_loop`, so every step reads
+and writes the whole state from memory; for the 15M candidate coordinates of
+a Mask2Former step that is ~5x slower than one fused elementwise pass. `uniform`
+computes the same hash unrolled (the counters, key schedule, rotations and
+float conversion of `jax.random.uniform` under the default
+`jax_threefry_partitionable=True`), so it returns exactly the same values.
+Keys of other PRNG implementations, the non-partitionable mode and other
+platforms use `jax.random.uniform` itself.
+"""
+
+import math
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _rotate_left(x: jax.Array, bits: int) -> jax.Array:
+  return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+  """Threefry-2x32 with 20 rounds (Salmon et al., SC 2011), unrolled."""
+  schedule = (k1, k2, k1 ^ k2 ^ _PARITY)
+  x1 = x1 + schedule[0]
+  x2 = x2 + schedule[1]
+  for step in range(5):
+    for bits in _ROTATIONS[step % 2]:
+      x1 = x1 + x2
+      x2 = x1 ^ _rotate_left(x2, bits)
+    x1 = x1 + schedule[(step + 1) % 3]
+    x2 = x2 + schedule[(step + 2) % 3] + np.uint32(step + 1)
+  return x1, x2
+
+
+def _threefry_key(key: jax.Array):
+  """The two key words of a scalar Threefry key (typed or raw), else None."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.ndim == 0 and str(jax.random.key_impl(key)) == "threefry2x32":
+      return jax.random.key_data(key)
+  elif (key.dtype == jnp.uint32 and key.shape == (2,)
+        and jax.config.jax_default_prng_impl == "threefry2x32"):
+    return key
+  return None
+
+
+def _unrolled_uniform(key_words: jax.Array,
+                      shape: tuple[int, ...]) -> jax.Array:
+  count = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits1, bits2 = _threefry2x32(key_words[0], key_words[1],
+                               jnp.zeros_like(count), count)
+  mantissa = ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000)
+  return lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
+  key_words = _threefry_key(key)
+  if (key_words is None or not jax.config.jax_threefry_partitionable
+      or math.prod(shape) >= 2**32):
+    return jax.random.uniform(key, shape)
+
+  def cpu(words):
+    # Both branches give the same values. The conditional is there because
+    # it is a fusion boundary: XLA:CPU fuses elementwise producers into their
+    # consumers (`optimization_barrier` does not survive its pipeline), and
+    # fused into a gathering consumer such as the point sampler the hash runs
+    # as scalar code, ~8x slower than this one vectorised pass.
+    return lax.cond(words[0] != words[1],
+                    lambda: _unrolled_uniform(words, shape),
+                    lambda: jax.random.uniform(key, shape))
+
+  return lax.platform_dependent(
+      key_words, cpu=cpu, default=lambda _: jax.random.uniform(key, shape))
