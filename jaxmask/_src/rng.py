@@ -17,6 +17,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmask._src import barrier
+
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 
@@ -66,15 +68,9 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
       or math.prod(shape) >= 2**32):
     return jax.random.uniform(key, shape)
 
-  def cpu(words):
-    # Both branches give the same values. The conditional is there because
-    # it is a fusion boundary: XLA:CPU fuses elementwise producers into their
-    # consumers (`optimization_barrier` does not survive its pipeline), and
-    # fused into a gathering consumer such as the point sampler the hash runs
-    # as scalar code, ~8x slower than this one vectorised pass.
-    return lax.cond(words[0] != words[1],
-                    lambda: _unrolled_uniform(words, shape),
-                    lambda: jax.random.uniform(key, shape))
-
   return lax.platform_dependent(
-      key_words, cpu=cpu, default=lambda _: jax.random.uniform(key, shape))
+      key_words,
+      # Materialised: fused into a gathering consumer the hash runs ~8x slower.
+      cpu=lambda words: barrier.computed_apart(
+          lambda w: _unrolled_uniform(w, shape), words),
+      default=lambda _: jax.random.uniform(key, shape))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask._src import barrier
 from jaxmask._src import rng
 from jaxmask._src import topk
 
@@ -87,6 +88,13 @@ def _pair_dims(batch_rank: int) -> lax.GatherDimensionNumbers:
       offset_dims=(batch_rank,), collapsed_slice_dims=(), start_index_map=(0,))
 
 
+def _pixel_positions(point_coords, height, width):
+  """(x, y) in [0, 1] -> pixel positions, in grid_sample's order of operations."""
+  grid = 2 * point_coords - 1
+  return ((grid[..., 0] + 1) * width - 1) / 2, (
+      (grid[..., 1] + 1) * height - 1) / 2
+
+
 def point_sample(inputs: jax.typing.ArrayLike,
                  point_coords: jax.typing.ArrayLike) -> jax.Array:
   """Bilinearly samples feature maps at normalised points, one set per map.
@@ -135,9 +143,7 @@ def point_sample(inputs: jax.typing.ArrayLike,
   # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
-  grid = 2 * point_coords - 1
-  ix = ((grid[..., 0] + 1) * width - 1) / 2
-  iy = ((grid[..., 1] + 1) * height - 1) / 2
+  ix, iy = _pixel_positions(point_coords, height, width)
   x0 = jnp.floor(ix)
   y0 = jnp.floor(iy)
   x1 = x0 + 1
@@ -148,11 +154,18 @@ def point_sample(inputs: jax.typing.ArrayLike,
   padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(-1)
   row_len = width + 2
   map_size = row_len * (height + 2)
-  col = jnp.clip(x0, -1, width - 1).astype(jnp.int32) + 1
-  row = jnp.clip(y0, -1, height - 1).astype(jnp.int32) + 1
-  mask_start = lax.broadcasted_iota(jnp.int32, (num_masks, 1), 0) * (
-      channels * map_size)
-  top = mask_start + row * row_len + col  # [num_masks, num_points]
+
+  def top_left(point_coords):
+    ix, iy = _pixel_positions(point_coords, height, width)
+    col = jnp.clip(jnp.floor(ix), -1, width - 1).astype(jnp.int32) + 1
+    row = jnp.clip(jnp.floor(iy), -1, height - 1).astype(jnp.int32) + 1
+    mask_start = lax.broadcasted_iota(jnp.int32, (num_masks, 1), 0) * (
+        channels * map_size)
+    return mask_start + row * row_len + col
+
+  # Flat index of each point's top-left neighbour, [num_masks, num_points],
+  # in its own vectorised pass rather than as scalar code in the gather.
+  top = barrier.computed_apart(top_left, point_coords)
   if channels > 1:
     # Only then: XLA:CPU runs the single-channel case 2x slower with the axis.
     top = top[:, None, :] + map_size * lax.broadcasted_iota(
