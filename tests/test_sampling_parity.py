@@ -81,11 +81,12 @@ def test_point_sample_parity(n, c, h, w):
       atol=5e-6)
 
 
-def test_point_sample_gradients_parity():
+@pytest.mark.parametrize("c", [1, 2])
+def test_point_sample_gradients_parity(c):
   rng = np.random.default_rng(1)
-  inputs = rng.normal(size=(2, 2, 6, 9)).astype(np.float32)
+  inputs = rng.normal(size=(2, c, 6, 9)).astype(np.float32)
   coords = rng.uniform(-0.1, 1.1, size=(2, 50, 2)).astype(np.float32)
-  weights = rng.normal(size=(2, 2, 50)).astype(np.float32)
+  weights = rng.normal(size=(2, c, 50)).astype(np.float32)
   grads = jax.jit(jax.grad(
       lambda x, c: (jaxmask.point_sample(x, c) * weights).sum(),
       argnums=(0, 1)))(inputs, coords)

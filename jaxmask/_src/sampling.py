@@ -11,6 +11,7 @@ References:
   Kirillov et al., "PointRend: Image Segmentation as Rendering", CVPR 2020.
 """
 
+import functools
 import numbers
 from typing import Callable
 
@@ -144,10 +145,6 @@ def point_sample(inputs: jax.typing.ArrayLike,
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
   ix, iy = _pixel_positions(point_coords, height, width)
-  x0 = jnp.floor(ix)
-  y0 = jnp.floor(iy)
-  x1 = x0 + 1
-  y1 = y0 + 1
   # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
   # addressable, so each point reads two (left, right) pairs: rows y0 and y1.
   # One flat gather is much faster on XLA:CPU than a batched 4-corner one.
@@ -170,21 +167,80 @@ def point_sample(inputs: jax.typing.ArrayLike,
     # Only then: XLA:CPU runs the single-channel case 2x slower with the axis.
     top = top[:, None, :] + map_size * lax.broadcasted_iota(
         jnp.int32, (1, channels, 1), 1)
-    x0, x1, y0, y1, ix, iy = (v[:, None, :] for v in (x0, x1, y0, y1, ix, iy))
+    ix, iy = ix[:, None, :], iy[:, None, :]
 
-  def pairs(start):
-    return lax.gather(padded, start[..., None], _pair_dims(start.ndim),
-                      slice_sizes=(2,),
-                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-
-  upper, lower = pairs(top), pairs(top + row_len)
-  out = (upper[..., 0] * ((x1 - ix) * (y1 - iy))
-         + upper[..., 1] * ((ix - x0) * (y1 - iy))
-         + lower[..., 0] * ((x1 - ix) * (iy - y0))
-         + lower[..., 1] * ((ix - x0) * (iy - y0)))
+  out = _interpolate(padded, top, ix, iy, row_len)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
   out = jnp.where(inside, out, 0).reshape(num_masks, channels, -1)
   return out.astype(inputs.dtype)
+
+
+def _gather_pairs(flat: jax.Array, start: jax.Array) -> jax.Array:
+  """`[..., 2]` values `flat[start]`, `flat[start + 1]`."""
+  return lax.gather(flat, start[..., None], _pair_dims(start.ndim),
+                    slice_sizes=(2,),
+                    mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _scatter_add_pairs(flat: jax.Array, start: jax.Array,
+                       pairs: jax.Array) -> jax.Array:
+  """The transpose of `_gather_pairs`: adds `pairs` at `start`, `start + 1`."""
+  dims = lax.ScatterDimensionNumbers(
+      update_window_dims=(start.ndim,), inserted_window_dims=(),
+      scatter_dims_to_operand_dims=(0,))
+  return lax.scatter_add(flat, start[..., None], pairs.astype(flat.dtype),
+                         dims, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _weights(ix: jax.Array, iy: jax.Array):
+  """Bilinear weights of the four neighbours, in grid_sample's order."""
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  x1, y1 = x0 + 1, y0 + 1
+  return ((x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy),
+          (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _interpolate(padded, top, ix, iy, row_len):
+  """Interpolates a zero-bordered flat map; `top`: each top-left neighbour."""
+  upper = _gather_pairs(padded, top)
+  lower = _gather_pairs(padded, top + row_len)
+  w = _weights(ix, iy)
+  return (upper[..., 0] * w[0] + upper[..., 1] * w[1]
+          + lower[..., 0] * w[2] + lower[..., 1] * w[3])
+
+
+def _interpolate_fwd(padded, top, ix, iy, row_len):
+  return _interpolate(padded, top, ix, iy, row_len), (padded, top, ix, iy)
+
+
+def _interpolate_bwd(row_len, residuals, g):
+  # Written out so that the gradient `g` is computed once, not once per row
+  # of neighbours, and both rows scatter into one buffer (autodiff's
+  # transpose took 2x longer).
+  padded, top, ix, iy = residuals
+  g = barrier.computed_apart(lambda g: g, g)
+  w = _weights(ix, iy)
+  d_padded = _scatter_add_pairs(jnp.zeros_like(padded), top,
+                                jnp.stack([g * w[0], g * w[1]], -1))
+  d_padded = _scatter_add_pairs(d_padded, top + row_len,
+                                jnp.stack([g * w[2], g * w[3]], -1))
+  # Through the weights, for gradients with respect to the points.
+  upper = _gather_pairs(padded, top)
+  lower = _gather_pairs(padded, top + row_len)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  d_ix = g * ((upper[..., 1] - upper[..., 0]) * (y0 + 1 - iy)
+              + (lower[..., 1] - lower[..., 0]) * (iy - y0))
+  d_iy = g * ((lower[..., 0] - upper[..., 0]) * (x0 + 1 - ix)
+              + (lower[..., 1] - upper[..., 1]) * (ix - x0))
+  unbroadcast = lambda d: jnp.sum(d, axis=tuple(
+      a for a, (m, n) in enumerate(zip(d.shape, ix.shape)) if m != n),
+                                  keepdims=True)
+  return d_padded, None, unbroadcast(d_ix), unbroadcast(d_iy)
+
+
+_interpolate.defvjp(_interpolate_fwd, _interpolate_bwd)
 
 
 def calculate_uncertainty(logits: jax.typing.ArrayLike) -> jax.Array:
