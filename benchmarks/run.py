@@ -7,7 +7,8 @@ JAX and torch_ref run on the same inputs in the same process, interleaved rep
 by rep (these machines are noisy), torch with as many threads as XLA gets
 cores. Times are medians (min–max) of jitted, compiled calls; compile times
 are reported separately. Peak memory comes from XLA's compiled memory
-analysis (arguments + outputs + temporaries of the whole step).
+analysis (arguments + outputs + temporaries of the whole step). When
+`transformers` is installed, HF's own Mask2Former functions are timed too.
 """
 
 import argparse
@@ -24,6 +25,13 @@ import torch
 
 import jaxmask
 import torch_ref
+
+try:
+  import transformers
+  from transformers.models.mask2former import modeling_mask2former as hf
+except ImportError as e:
+  transformers = hf = None
+  _HF_SKIPPED = f"HF transformers rows skipped: import transformers failed ({e})"
 
 P, R, BETA = 12544, 3.0, 0.75
 M, K = int(P * R), int(BETA * P)
@@ -119,6 +127,52 @@ def bench_parts(n, size, reps, rows):
                f"{c:.1f} s"))
 
 
+def bench_hf(n, size, reps, rows):
+  """HF transformers' Mask2Former point sampling and loss against jaxmask."""
+  loss = hf.Mask2FormerLoss(transformers.Mask2FormerConfig(), weight_dict={})
+  pred, target = _inputs(n, size)
+  cand = np.random.default_rng(1).random((n, M, 2)).astype(np.float32)
+  jl, jc = jnp.asarray(pred[:, None]), jnp.asarray(cand)
+  tp, tt_ = torch.from_numpy(pred), torch.from_numpy(target)
+  tl, tc = tp[:, None], torch.from_numpy(cand)
+  key = jax.random.key(0)
+
+  def hf_points(logits):
+    with torch.no_grad():
+      return loss.sample_points_using_uncertainty(
+          logits, loss.calculate_uncertainty, P, R, BETA)
+
+  sample = jax.jit(jaxmask.point_sample)
+  jt, tt, c = _compare(lambda: sample(jl, jc), lambda: hf.sample_point(
+      tl, tc, align_corners=False), reps)
+  rows.append((f"vs HF transformers: sample_point, N={n}, {size}², P={M}", jt,
+               tt, f"{c:.1f} s"))
+
+  points = jax.jit(lambda k, l: jaxmask.sample_points_using_uncertainty(
+      k, l, num_points=P, oversample_ratio=R, importance_sample_ratio=BETA))
+  jt, tt, c = _compare(lambda: points(key, jl), lambda: hf_points(tl), reps)
+  rows.append((f"vs HF transformers: sample_points_using_uncertainty, N={n}, "
+               f"{size}²", jt, tt, f"{c:.1f} s"))
+
+  def hf_step():
+    """`Mask2FormerLoss.loss_masks` after matching, forward + backward."""
+    p = tp.clone().requires_grad_(True)
+    with torch.no_grad():
+      coords = hf_points(p[:, None])
+      labels = hf.sample_point(tt_[:, None], coords,
+                               align_corners=False).squeeze(1)
+    logits = hf.sample_point(p[:, None], coords, align_corners=False).squeeze(1)
+    (hf.sigmoid_cross_entropy_loss(logits, labels, n)
+     + hf.dice_loss(logits, labels, n)).backward()
+
+  step = jax.jit(jax.value_and_grad(
+      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, float(n)))))
+  jp, jt_ = jnp.asarray(pred), jnp.asarray(target)
+  jt, tt, c = _compare(lambda: step(jp, jt_), hf_step, reps)
+  rows.append((f"vs HF transformers: point-loss step fwd+bwd, N={n}, {size}²",
+               jt, tt, f"{c:.1f} s"))
+
+
 def _full_mask_loss(pred_lowres, target, num_masks):
   """The loss point sampling replaces: upsample logits to the target, CE + dice."""
   n, h, w = target.shape
@@ -160,11 +214,14 @@ def write_results(rows, mem_rows, path, reps):
       f"- machine: {platform.processor() or platform.machine()}, {cores} cores, "
       f"{jax.default_backend().upper()} backend ({jax.devices()[0].device_kind})",
       f"- jax {jax.__version__}, torch {torch.__version__} "
-      f"({torch.get_num_threads()} threads), Python {platform.python_version()}",
+      f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+      + (f", transformers {transformers.__version__}" if hf else ""),
       f"- times in ms: median (min–max) of {reps} interleaved repetitions; "
       "ratio = torch median / JAX median (> 1: JAX is faster)",
       f"- point sampling defaults: num_points={P}, oversample_ratio={R}, "
       f"importance_sample_ratio={BETA} (M={M} candidates, k={K} kept)",
+      ("- rows \"vs HF transformers\" time transformers' own Mask2Former "
+       "functions in the torch_ref column" if hf else f"- {_HF_SKIPPED}"),
       "",
       "| what | JAX (jit) | torch_ref | ratio | JAX compile |",
       "|---|---|---|---|---|",
@@ -207,6 +264,8 @@ def main():
   bench_step(50, 128, args.reps, rows)
   bench_step(200, 256, args.reps, rows)
   bench_parts(200, 128, args.reps, rows)
+  if hf:
+    bench_hf(200, 128, args.reps, rows)
   for target_size in (512, 1024):
     bench_memory(50, target_size, 3, mem_rows)
   write_results(rows, mem_rows, args.out, args.reps)
