@@ -144,6 +144,25 @@ def test_point_sample_grad_is_transpose_of_sampling():
                             modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
+def test_point_sample_grad_bfloat16_and_channels_and_width_one():
+  """The custom VJP: dtype kept, channels and W = 1 maps, NaN-free at edges."""
+  for c, h, w in ((1, 7, 9), (3, 5, 6), (2, 4, 1), (1, 1, 1)):
+    inputs, coords = _data(5, 3, c, h, w, 40, -0.2, 1.2)
+    weights = np.random.default_rng(5).normal(size=(3, c, 40)).astype(
+        np.float32)
+    loss = lambda x: (point_sample(x, coords) * weights).sum()
+    want = jax.grad(loss)(jnp.asarray(inputs, jnp.float32))
+    # The transpose of sampling: <grad, e_i> is the weight-sum at pixel i.
+    basis = np.asarray(jax.jit(jax.vmap(lambda e: loss(e.reshape(
+        inputs.shape))))(jnp.eye(inputs.size, dtype=jnp.float32)))
+    np.testing.assert_allclose(np.asarray(want).reshape(-1), basis,
+                               rtol=1e-5, atol=1e-6)
+    got = jax.grad(loss)(jnp.asarray(inputs, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1,
+                               rtol=2e-2)
+
+
 def test_point_sample_jit_and_no_recompilation():
   @jax.jit
   @chex.assert_max_traces(n=1)
