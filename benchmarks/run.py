@@ -9,13 +9,21 @@ cores. Times are medians (min–max) of jitted, compiled calls; compile times
 are reported separately. Peak memory comes from XLA's compiled memory
 analysis (arguments + outputs + temporaries of the whole step). When
 `transformers` is installed, HF's own Mask2Former functions are timed too.
+The step rows are repeated in a child process with malloc on transparent huge
+pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), with page-fault counts, to
+show how much of the JAX step is faulting in fresh temporaries.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -32,6 +40,9 @@ try:
 except ImportError as e:
   transformers = hf = None
   _HF_SKIPPED = f"HF transformers rows skipped: import transformers failed ({e})"
+
+# glibc >= 2.35 then backs malloc'd memory with transparent huge pages.
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 P, R, BETA = 12544, 3.0, 0.75
 M, K = int(P * R), int(BETA * P)
@@ -70,7 +81,16 @@ def _inputs(n, size, seed=0):
   return pred, target
 
 
-def bench_step(n, size, reps, rows):
+def _page_faults(fn, reps=3):
+  """Minor page faults per call of `fn` (memory touched for the first time)."""
+  jax.block_until_ready(fn())
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(reps):
+    jax.block_until_ready(fn())
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
+
+
+def bench_step(n, size, reps, rows, faults=None):
   """Whole point-loss step (select + sample + CE + dice), forward + backward."""
   pred, target = _inputs(n, size)
   key = jax.random.key(0)
@@ -86,8 +106,12 @@ def bench_step(n, size, reps, rows):
     loss.backward()
 
   jt, tt, compile_s = _compare(lambda: step(jp, jt_), torch_step, reps)
-  rows.append((f"point-loss step fwd+bwd, N={n}, {size}²", jt, tt,
-               f"{compile_s:.1f} s"))
+  name = f"point-loss step fwd+bwd, N={n}, {size}²"
+  rows.append((name, jt, tt, f"{compile_s:.1f} s"))
+  if faults is not None:
+    temp = step.lower(jp, jt_).compile().memory_analysis().temp_size_in_bytes
+    faults.append((name, temp, _page_faults(lambda: step(jp, jt_)),
+                   _page_faults(torch_step)))
 
 
 def bench_parts(n, size, reps, rows):
@@ -204,7 +228,17 @@ def bench_memory(n, target_size, reps, mem_rows):
   mem_rows.append((n, low, target_size, result))
 
 
-def write_results(rows, mem_rows, path, reps):
+def _table(rows):
+  lines = ["| what | JAX (jit) | torch_ref | ratio | JAX compile |",
+           "|---|---|---|---|---|"]
+  for name, jt, tt, compile_s in rows:
+    ratio = statistics.median(tt) / statistics.median(jt)
+    lines.append(f"| {name} | {_fmt(jt)} | {_fmt(tt)} | {ratio:.2f}× | "
+                 f"{compile_s} |")
+  return lines
+
+
+def write_results(rows, mem_rows, faults, huge_rows, path, reps):
   cores = os.cpu_count()
   lines = [
       "# Benchmarks: jaxmask vs the PyTorch reference (torch_ref)",
@@ -223,12 +257,24 @@ def write_results(rows, mem_rows, path, reps):
       ("- rows \"vs HF transformers\" time transformers' own Mask2Former "
        "functions in the torch_ref column" if hf else f"- {_HF_SKIPPED}"),
       "",
-      "| what | JAX (jit) | torch_ref | ratio | JAX compile |",
-      "|---|---|---|---|---|",
+      *_table(rows),
+      "",
+      "## Where the time goes: fresh pages",
+      "",
+      "XLA:CPU allocates each step's temporaries afresh (one block, larger",
+      "than glibc's 32 MiB mmap threshold), so every step faults all of its",
+      "pages in again; torch's allocations come back from malloc's heap.",
+      "",
+      "| step | JAX temporaries MiB | JAX page faults per step | torch page faults per step |",
+      "|---|---|---|---|",
+      *[f"| {name} | {temp / 2**20:.0f} | {jax_faults:.0f} | {torch_faults:.0f} |"
+        for name, temp, jax_faults, torch_faults in faults],
+      "",
+      f"The same steps in a second process with `GLIBC_TUNABLES={HUGE_PAGES}`",
+      "(malloc on transparent huge pages, glibc >= 2.35; both frameworks):",
+      "",
+      *_table(huge_rows),
   ]
-  for name, jt, tt, compile_s in rows:
-    ratio = statistics.median(tt) / statistics.median(jt)
-    lines.append(f"| {name} | {_fmt(jt)} | {_fmt(tt)} | {ratio:.2f}× | {compile_s} |")
   lines += [
       "",
       "## Memory: point loss vs full-mask loss (forward + backward, JAX)",
@@ -252,23 +298,43 @@ def write_results(rows, mem_rows, path, reps):
   print(f"\nwrote {path}")
 
 
+STEPS = ((200, 128), (50, 128), (200, 256))
+
+
+def steps_with_huge_pages(reps):
+  """The step rows again, in a child process with `GLIBC_TUNABLES` set."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp, "rows.json")
+    env = dict(os.environ, GLIBC_TUNABLES=HUGE_PAGES)
+    subprocess.run([sys.executable, __file__, "--reps", str(reps),
+                    "--steps-json", str(out)], env=env, check=True)
+    return [tuple(row) for row in json.loads(out.read_text())]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reps", type=int, default=9)
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).with_name("RESULTS.md"))
+  parser.add_argument("--steps-json", type=pathlib.Path,
+                      help=argparse.SUPPRESS)  # the child of the huge-page run
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
-  rows, mem_rows = [], []
-  bench_step(200, 128, args.reps, rows)
-  bench_step(50, 128, args.reps, rows)
-  bench_step(200, 256, args.reps, rows)
+  rows, mem_rows, faults = [], [], []
+  if args.steps_json:
+    for n, size in STEPS:
+      bench_step(n, size, args.reps, rows)
+    args.steps_json.write_text(json.dumps(rows))
+    return
+  for n, size in STEPS:
+    bench_step(n, size, args.reps, rows, faults)
   bench_parts(200, 128, args.reps, rows)
   if hf:
     bench_hf(200, 128, args.reps, rows)
   for target_size in (512, 1024):
     bench_memory(50, target_size, 3, mem_rows)
-  write_results(rows, mem_rows, args.out, args.reps)
+  huge_rows = steps_with_huge_pages(args.reps)
+  write_results(rows, mem_rows, faults, huge_rows, args.out, args.reps)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 from jax.scipy.ndimage import map_coordinates
 
 import jaxmask
+from jaxmask._src import sampling
 
 # Jitted once per shape: eager dispatch would compile every primitive.
 point_sample = jax.jit(jaxmask.point_sample)
@@ -92,6 +93,35 @@ def test_point_sample_matches_float64_oracle(n, c, h, w):
   np.testing.assert_allclose(out, np_grid_sample(inputs, coords), atol=2e-6)
 
 
+@pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
+                                     (2, 1, 6, 1), (1, 1, 1, 1)])
+def test_both_sampler_paths_match_oracle_and_each_other(monkeypatch, n, c, h,
+                                                        w):
+  """Zero-bordered pair gathers and clamped four-corner gathers."""
+  inputs, coords = _data(7, n, c, h, w, 60, -0.2, 1.2)
+  coords[0, :3] = [[np.nan, 0.5], [0.5, np.inf], [-1e30, 1e30]]
+  weights = np.random.default_rng(8).normal(size=(n, c, 60)).astype(np.float32)
+  results = []
+  for pixels_per_point in (0, 10**9):  # always copy, never copy
+    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_COPY", pixels_per_point)
+    sample = jax.jit(lambda x, p: jaxmask.point_sample(x, p))
+    grad = jax.jit(jax.grad(
+        lambda x, p: (jaxmask.point_sample(x, p) * weights).sum(),
+        argnums=(0, 1)))
+    results.append((sample(inputs, coords), *grad(inputs, coords)))
+  finite = coords.copy()
+  finite[0, :3] = 0.5
+  want = np_grid_sample(inputs, finite)
+  want[0, :, :3] = 0  # non-finite or far-away points sample the padding
+  for out, grad_inputs, grad_coords in results:
+    np.testing.assert_allclose(out, want, atol=2e-6)
+    assert np.isfinite(grad_inputs).all()
+  # Same arithmetic; XLA may contract a multiply-add differently: 1 ulp.
+  np.testing.assert_allclose(results[0][0], results[1][0], atol=5e-7)
+  np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-6)
+  np.testing.assert_allclose(results[0][2][1:], results[1][2][1:], atol=1e-5)
+
+
 def test_point_sample_matches_map_coordinates():
   inputs, coords = _data(1, 4, 2, 16, 12, 500, -0.1, 1.1)
   np.testing.assert_allclose(
@@ -161,6 +191,20 @@ def test_point_sample_grad_bfloat16_and_channels_and_width_one():
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1,
                                rtol=2e-2)
+
+
+def test_flat_index_overflow_paths_give_the_same_values(monkeypatch):
+  inputs, coords = _data(6, 4, 2, 5, 7, 30, -0.1, 1.1)
+  logits = inputs[:, :1]
+  want_values = jaxmask.point_sample(inputs, coords)
+  want_points = jaxmask.select_uncertain_points(logits, coords,
+                                                num_uncertain=9)
+  monkeypatch.setattr(sampling, "_MAX_FLAT_INDEX", 100)  # force both paths
+  np.testing.assert_array_equal(jaxmask.point_sample(inputs, coords),
+                                want_values)
+  np.testing.assert_array_equal(
+      jaxmask.select_uncertain_points(logits, coords, num_uncertain=9),
+      want_points)
 
 
 def test_point_sample_jit_and_no_recompilation():

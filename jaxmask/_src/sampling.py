@@ -83,6 +83,12 @@ def point_sample_single(inputs: jax.typing.ArrayLike,
   return point_sample(inputs[None], point_coords[None])[0]
 
 
+_MAX_FLAT_INDEX = 2**31 - 1
+# Below one point per 16 pixels, copying the maps into a zero border costs
+# more than the four clamped gathers per point it saves (large targets).
+_PIXELS_PER_POINT_TO_COPY = 16
+
+
 def _pair_dims(batch_rank: int) -> lax.GatherDimensionNumbers:
   """Gathers `[..., 2]` adjacent values of a flat array at `[...]` starts."""
   return lax.GatherDimensionNumbers(
@@ -136,8 +142,8 @@ def point_sample(inputs: jax.typing.ArrayLike,
         "inputs and point_coords must have the same num_masks (first axis),"
         f" got {inputs.shape} and {point_coords.shape}.")
   num_masks, channels, height, width = inputs.shape
-  if num_masks > 1 and inputs[0].size + 2 * channels * (height + width + 2) >= (
-      2**31 // num_masks):
+  if num_masks > 1 and (
+      num_masks * channels * (height + 2) * (width + 2) > _MAX_FLAT_INDEX):
     # Flat int32 offsets would overflow: gather map by map instead.
     return jax.vmap(point_sample)(inputs[:, None], point_coords[:, None])[:, 0]
 
@@ -145,35 +151,67 @@ def point_sample(inputs: jax.typing.ArrayLike,
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
   ix, iy = _pixel_positions(point_coords, height, width)
+  if channels > 1:  # (a unit channel axis slows XLA:CPU down 2x)
+    ix, iy = ix[:, None, :], iy[:, None, :]
+  if point_coords.shape[1] * _PIXELS_PER_POINT_TO_COPY < height * width:
+    out = _sample_corners(inputs, ix, iy)  # a few points on big maps
+  else:
+    out = _sample_padded(inputs, point_coords, ix, iy)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
+  out = jnp.where(inside, out, 0).reshape(num_masks, channels, -1)
+  return out.astype(inputs.dtype)
+
+
+def _map_starts(inputs: jax.Array, map_size: int) -> jax.Array:
+  """Flat offset of each map: `[N, 1]` for one channel, else `[N, C, 1]`."""
+  num_masks, channels = inputs.shape[:2]
+  shape = (num_masks, 1) if channels == 1 else (num_masks, channels, 1)
+  index = lax.broadcasted_iota(jnp.int32, shape, 0) * channels
+  if channels > 1:
+    index = index + lax.broadcasted_iota(jnp.int32, shape, 1)
+  return index * map_size
+
+
+def _sample_corners(inputs, ix, iy):
+  """Four clamped gathers per point from the maps themselves (no copy)."""
+  _, _, height, width = inputs.shape
+  flat = inputs.reshape(-1)
+  starts = _map_starts(inputs, height * width)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  corners = ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1))
+  out = None
+  for (x, y), weight in zip(corners, _weights(ix, iy)):
+    valid = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    index = starts + (jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
+                      + jnp.clip(x, 0, width - 1).astype(jnp.int32))
+    value = flat.at[index].get(mode="promise_in_bounds")
+    # The inner where keeps NaN weights (NaN points) out of the gradient.
+    term = jnp.where(valid, value * jnp.where(valid, weight, 0), 0)
+    out = term if out is None else out + term
+  return out
+
+
+def _sample_padded(inputs, point_coords, ix, iy):
+  """Two gathers of neighbour pairs per point from a zero-bordered copy."""
+  _, _, height, width = inputs.shape
   # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
   # addressable, so each point reads two (left, right) pairs: rows y0 and y1.
-  # One flat gather is much faster on XLA:CPU than a batched 4-corner one.
   padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(-1)
   row_len = width + 2
-  map_size = row_len * (height + 2)
 
   def top_left(point_coords):
     ix, iy = _pixel_positions(point_coords, height, width)
     col = jnp.clip(jnp.floor(ix), -1, width - 1).astype(jnp.int32) + 1
     row = jnp.clip(jnp.floor(iy), -1, height - 1).astype(jnp.int32) + 1
-    mask_start = lax.broadcasted_iota(jnp.int32, (num_masks, 1), 0) * (
-        channels * map_size)
-    return mask_start + row * row_len + col
+    if inputs.shape[1] > 1:
+      col, row = col[:, None, :], row[:, None, :]
+    return _map_starts(inputs, row_len * (height + 2)) + row * row_len + col
 
-  # Flat index of each point's top-left neighbour, [num_masks, num_points],
-  # in its own vectorised pass rather than as scalar code in the gather.
+  # The flat index of each point's top-left neighbour, in its own vectorised
+  # pass rather than as scalar code inside the gather.
   top = barrier.computed_apart(top_left, point_coords)
-  if channels > 1:
-    # Only then: XLA:CPU runs the single-channel case 2x slower with the axis.
-    top = top[:, None, :] + map_size * lax.broadcasted_iota(
-        jnp.int32, (1, channels, 1), 1)
-    ix, iy = ix[:, None, :], iy[:, None, :]
-
-  out = _interpolate(padded, top, ix, iy, row_len)
-  x0, y0 = jnp.floor(ix), jnp.floor(iy)
-  inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
-  out = jnp.where(inside, out, 0).reshape(num_masks, channels, -1)
-  return out.astype(inputs.dtype)
+  return _interpolate(padded, top, ix, iy, row_len)
 
 
 def _gather_pairs(flat: jax.Array, start: jax.Array) -> jax.Array:
@@ -221,7 +259,8 @@ def _interpolate_bwd(row_len, residuals, g):
   # transpose took 2x longer).
   padded, top, ix, iy = residuals
   g = barrier.computed_apart(lambda g: g, g)
-  w = _weights(ix, iy)
+  # Points outside get g = 0; their weights may be NaN (NaN points).
+  w = [jnp.where(g == 0, 0, weight) for weight in _weights(ix, iy)]
   d_padded = _scatter_add_pairs(jnp.zeros_like(padded), top,
                                 jnp.stack([g * w[0], g * w[1]], -1))
   d_padded = _scatter_add_pairs(d_padded, top + row_len,
@@ -230,6 +269,7 @@ def _interpolate_bwd(row_len, residuals, g):
   upper = _gather_pairs(padded, top)
   lower = _gather_pairs(padded, top + row_len)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  g = jnp.where(jnp.isfinite(ix) & jnp.isfinite(iy), g, 0)
   d_ix = g * ((upper[..., 1] - upper[..., 0]) * (y0 + 1 - iy)
               + (lower[..., 1] - lower[..., 0]) * (iy - y0))
   d_iy = g * ((lower[..., 0] - upper[..., 0]) * (x0 + 1 - ix)
@@ -322,7 +362,7 @@ def select_uncertain_points(
   # One flat gather of (x, y) pairs; XLA:CPU's batched take_along_axis is 3x
   # slower.
   num_masks, num_candidates, _ = candidates.shape
-  if candidates.size >= 2**31:  # flat int32 offsets would overflow
+  if candidates.size > _MAX_FLAT_INDEX:  # flat int32 offsets would overflow
     return jnp.take_along_axis(candidates, index[..., None], axis=1)
   start = 2 * (index + num_candidates * lax.broadcasted_iota(
       jnp.int32, index.shape, 0))
