@@ -51,3 +51,14 @@ def test_equal_key_words_take_the_other_branch():
   key = jax.random.wrap_key_data(jnp.array([5, 5], jnp.uint32))
   np.testing.assert_array_equal(jax.jit(rng.uniform, static_argnums=1)(
       key, (6, 2)), jax.random.uniform(key, (6, 2)))
+
+
+def test_rows_are_slices_of_the_whole_draw():
+  key = jax.random.key(11)
+  assert rng.draws_rows(key, (10, 7, 2))
+  assert not rng.draws_rows(jax.random.key(0, impl="rbg"), (10, 7, 2))
+  whole = jax.random.uniform(key, (10, 7, 2))
+  rows = jax.jit(rng.uniform_rows, static_argnums=1)
+  for first in (0, 3, 8):
+    np.testing.assert_array_equal(rows(key, (2, 7, 2), first),
+                                  whole[first:first + 2])

@@ -207,6 +207,30 @@ def test_flat_index_overflow_paths_give_the_same_values(monkeypatch):
       want_points)
 
 
+@pytest.mark.parametrize("num_masks", [12, 7])
+def test_chunked_selection_equals_whole(monkeypatch, num_masks):
+  """CPU selects a few masks at a time; the points must not change."""
+  logits = np.random.default_rng(9).normal(size=(num_masks, 1, 9, 11)).astype(
+      np.float32)
+  candidates = np.random.default_rng(10).random((num_masks, 300, 2)).astype(
+      np.float32)
+  key = jax.random.key(4)
+  def run():
+    select = jax.jit(lambda l, c: jaxmask.select_uncertain_points(
+        l, c, num_uncertain=40))
+    points = jax.jit(lambda k, l: jaxmask.sample_points_using_uncertainty(
+        k, l, num_points=100))
+    return select(logits, candidates), points(key, logits)
+  whole = run()
+  assert sampling._rows_per_chunk(num_masks, 300) == num_masks
+  monkeypatch.setattr(sampling, "_CHUNK_BYTES", 8 * 300 * 4)  # 4 masks
+  expected_chunk = 4 if num_masks == 12 else num_masks  # 7: no divisor
+  assert sampling._rows_per_chunk(num_masks, 300) == expected_chunk
+  chunked = run()
+  for got, want in zip(chunked, whole):
+    np.testing.assert_array_equal(got, want)
+
+
 def test_point_sample_jit_and_no_recompilation():
   @jax.jit
   @chex.assert_max_traces(n=1)

@@ -52,9 +52,11 @@ def _threefry_key(key: jax.Array):
   return None
 
 
-def _unrolled_uniform(key_words: jax.Array,
-                      shape: tuple[int, ...]) -> jax.Array:
-  count = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+def _unrolled_uniform(key_words: jax.Array, shape: tuple[int, ...],
+                      first: jax.Array | int = 0) -> jax.Array:
+  """The values at flat positions `first, first + 1, ...` of the stream."""
+  count = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + jnp.asarray(
+      first, jnp.uint32)
   bits1, bits2 = _threefry2x32(key_words[0], key_words[1],
                                jnp.zeros_like(count), count)
   mantissa = ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000)
@@ -74,3 +76,22 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
       cpu=lambda words: barrier.computed_apart(
           lambda w: _unrolled_uniform(w, shape), words),
       default=lambda _: jax.random.uniform(key, shape))
+
+
+def draws_rows(key: jax.Array, shape: tuple[int, ...]) -> bool:
+  """Whether `uniform_rows` can draw rows of `uniform(key, shape)`."""
+  return (_threefry_key(key) is not None
+          and jax.config.jax_threefry_partitionable
+          and math.prod(shape) < 2**32)
+
+
+def uniform_rows(key: jax.Array, shape: tuple[int, ...],
+                 first_row: jax.Array) -> jax.Array:
+  """Rows `first_row, ...` of `uniform(key, (R, *shape[1:]))`, for any R.
+
+  For CPU code only, and only where `draws_rows(key, (R, *shape[1:]))`.
+  """
+  row_size = math.prod(shape[1:])
+  return barrier.computed_apart(
+      lambda words, row: _unrolled_uniform(words, shape, row * row_size),
+      _threefry_key(key), jnp.asarray(first_row, jnp.uint32))
