@@ -63,35 +63,31 @@ def _unrolled_uniform(key_words: jax.Array, shape: tuple[int, ...],
   return lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
 
 
-def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
-  key_words = _threefry_key(key)
-  if (key_words is None or not jax.config.jax_threefry_partitionable
-      or math.prod(shape) >= 2**32):
-    return jax.random.uniform(key, shape)
-
-  return lax.platform_dependent(
-      key_words,
-      # Materialised: fused into a gathering consumer the hash runs ~8x slower.
-      cpu=lambda words: barrier.computed_apart(
-          lambda w: _unrolled_uniform(w, shape), words),
-      default=lambda _: jax.random.uniform(key, shape))
-
-
 def draws_rows(key: jax.Array, shape: tuple[int, ...]) -> bool:
-  """Whether `uniform_rows` can draw rows of `uniform(key, shape)`."""
+  """Whether the unrolled hash can draw `uniform(key, shape)` (and its rows)."""
   return (_threefry_key(key) is not None
           and jax.config.jax_threefry_partitionable
           and math.prod(shape) < 2**32)
 
 
 def uniform_rows(key: jax.Array, shape: tuple[int, ...],
-                 first_row: jax.Array) -> jax.Array:
+                 first_row: jax.Array | int) -> jax.Array:
   """Rows `first_row, ...` of `uniform(key, (R, *shape[1:]))`, for any R.
 
-  For CPU code only, and only where `draws_rows(key, (R, *shape[1:]))`.
+  For CPU code only, and only where `draws_rows(key, (R, *shape[1:]))`. The
+  draw is materialised: fused into a gathering consumer the hash runs ~8x
+  slower.
   """
   row_size = math.prod(shape[1:])
   return barrier.computed_apart(
       lambda words, row: _unrolled_uniform(words, shape, row * row_size),
       _threefry_key(key), jnp.asarray(first_row, jnp.uint32))
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
+  if not draws_rows(key, shape):
+    return jax.random.uniform(key, shape)
+  return lax.platform_dependent(
+      key, cpu=lambda key: uniform_rows(key, shape, 0),
+      default=lambda key: jax.random.uniform(key, shape))
