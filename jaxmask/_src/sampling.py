@@ -379,9 +379,14 @@ def select_uncertain_points(
   chunk = _rows_per_chunk(*candidates.shape[:2])
   if chunk == candidates.shape[0]:
     return select(logits, candidates)
+  def select_rows(_, logits, candidates):
+    # A chunk of candidates copied once: the sampler's loop reads them faster
+    # than through the loop's slice of the whole array.
+    return select(logits, barrier.computed_apart(lambda c: c, candidates))
+
   return lax.platform_dependent(
       logits, candidates, default=select,
-      cpu=lambda *args: _in_chunks(lambda _, *rows: select(*rows), chunk, *args))
+      cpu=lambda *args: _in_chunks(select_rows, chunk, *args))
 
 
 def _select(logits, candidates, *, num_uncertain, uncertainty_fn):
