@@ -97,13 +97,13 @@ def test_point_sample_matches_float64_oracle(n, c, h, w):
                                      (2, 1, 6, 1), (1, 1, 1, 1)])
 def test_both_sampler_paths_match_oracle_and_each_other(monkeypatch, n, c, h,
                                                         w):
-  """Zero-bordered pair gathers and clamped four-corner gathers."""
+  """Pairs from a zero-bordered copy, and from blocks clamped into the map."""
   inputs, coords = _data(7, n, c, h, w, 60, -0.2, 1.2)
   coords[0, :3] = [[np.nan, 0.5], [0.5, np.inf], [-1e30, 1e30]]
   weights = np.random.default_rng(8).normal(size=(n, c, 60)).astype(np.float32)
   results = []
-  for pixels_per_point in (0, 10**9):  # always copy, never copy
-    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_COPY", pixels_per_point)
+  for pixels_per_point in (10**9, 0):  # always copy, never copy
+    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_CLAMP", pixels_per_point)
     sample = jax.jit(lambda x, p: jaxmask.point_sample(x, p))
     grad = jax.jit(jax.grad(
         lambda x, p: (jaxmask.point_sample(x, p) * weights).sum(),
@@ -191,6 +191,30 @@ def test_point_sample_grad_bfloat16_and_channels_and_width_one():
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1,
                                rtol=2e-2)
+
+
+@pytest.mark.parametrize("h,w", [(256, 256), (255, 257)])
+def test_both_sampler_paths_on_maps_past_16_bit_offsets(monkeypatch, h, w):
+  """256² fits 16-bit offsets unpadded, not padded; 255 x 257 fits neither."""
+  inputs, coords = _data(9, 2, 1, h, w, 400, -0.01, 1.01)
+  coords[:, :4] = [[0, 0], [1, 1], [0, 1], [1, 0]]
+  want = np_grid_sample(inputs, coords)
+  weights = np.random.default_rng(10).normal(size=(2, 1, 400))
+  outs, grads = [], []
+  for pixels_per_point in (10**9, 0):  # always copy, never copy
+    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_CLAMP", pixels_per_point)
+    outs.append(point_sample(inputs, coords))
+    grads.append(jax.grad(
+        lambda x: (jaxmask.point_sample(x, coords) * weights).sum())(inputs))
+  # float32 positions on 256-pixel axes are within ~2e-5 px of float64's.
+  np.testing.assert_allclose(outs[1], want, atol=1e-4)
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  np.testing.assert_allclose(grads[0], grads[1], atol=1e-6)
+  # The gradient is the sampling's transpose: <grad, x> = <weights, S x>.
+  probe = np.random.default_rng(11).normal(size=inputs.shape)
+  np.testing.assert_allclose(np.vdot(grads[1], probe),
+                             np.vdot(weights, np_grid_sample(probe, coords)),
+                             rtol=1e-4)
 
 
 def test_flat_index_overflow_paths_give_the_same_values(monkeypatch):
