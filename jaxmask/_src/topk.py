@@ -132,21 +132,22 @@ def _count_above(keys3: jax.Array, thresholds: jax.Array,
   """[n, T] counts of keys above each threshold, in one pass over the keys.
 
   Five 6-bit counts share an int32 over the 32 lanes of a word, then the
-  fields are summed over the words.
+  fields are unpacked and summed over the words in one reduction.
   """
-  counts = []
-  for first in range(0, thresholds.shape[1], _PER_WORD):
-    cols = range(first, min(first + _PER_WORD, thresholds.shape[1]))
+  n, num_thresholds = thresholds.shape
+  words = []
+  for first in range(0, num_thresholds, _PER_WORD):
     packed = 0
-    for i in cols:
+    for i in range(first, min(first + _PER_WORD, num_thresholds)):
       above = keys3 > thresholds[:, i, None, None]
       if real is not None:
         above &= real
       packed += above.astype(jnp.int32) << (_FIELD * (i - first))
-    per_word = jnp.sum(packed, axis=1)
-    counts += [((per_word >> (_FIELD * (i - first))) & ((1 << _FIELD) - 1)
-               ).sum(axis=1) for i in cols]
-  return jnp.stack(counts, axis=1)
+    words.append(jnp.sum(packed, axis=1))
+  shifts = _FIELD * jnp.arange(_PER_WORD, dtype=jnp.int32)[:, None]
+  fields = (jnp.stack(words, 1)[:, :, None, :] >> shifts) & ((1 << _FIELD) - 1)
+  return jnp.sum(fields, axis=3).reshape(n, len(words) * _PER_WORD)[
+      :, :num_thresholds]
 
 
 def _take(values: jax.Array, index: jax.Array) -> jax.Array:
