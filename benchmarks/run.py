@@ -33,6 +33,7 @@ import torch
 
 import jaxmask
 from jaxmask._src import rng
+from jaxmask._src import sampling
 import torch_ref
 
 try:
@@ -115,7 +116,7 @@ def bench_step(n, size, reps, rows, faults=None):
                    _page_faults(torch_step)))
 
 
-def bench_parts(n, size, reps, rows):
+def bench_parts(n, size, reps, rows, faults=None):
   pred, _ = _inputs(n, size)
   logits = pred[:, None]
   cand = np.random.default_rng(1).random((n, M, 2)).astype(np.float32)
@@ -129,9 +130,30 @@ def bench_parts(n, size, reps, rows):
   rows.append((f"select_uncertain_points, N={n}, M={M}, k={K}", jt, tt, f"{c:.1f} s"))
 
   sample = jax.jit(jaxmask.point_sample)
-  jt, tt, c = _compare(lambda: sample(jl, jc),
-                       lambda: torch_ref.point_sample(tl, tc), reps)
-  rows.append((f"point_sample, N={n}, {size}², P={M}", jt, tt, f"{c:.1f} s"))
+  torch_sample = lambda: torch_ref.point_sample(tl, tc)
+  jt, tt, c = _compare(lambda: sample(jl, jc), torch_sample, reps)
+  name = f"point_sample, N={n}, {size}², P={M}"
+  rows.append((name, jt, tt, f"{c:.1f} s"))
+  if faults is not None:
+    temp = sample.lower(jl, jc).compile().memory_analysis().temp_size_in_bytes
+    faults.append((name, temp, _page_faults(lambda: sample(jl, jc)),
+                   _page_faults(torch_sample)))
+
+  # The sampler's floor on XLA:CPU: its gather loop alone, with the zero
+  # border and the block offsets computed beforehand (not timed).
+  padded = jnp.pad(jl, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  start = jax.jit(lambda c: sampling._block_start(
+      *(jnp.clip(jnp.floor(v), -1, size - 1) + 1
+        for v in sampling._pixel_positions(c, size, size)[::-1]),
+      size + 2, (size + 2)**2, 1))(jc)
+  loop = jax.jit(lambda f, s, c: sampling._interpolate(
+      f, s, *sampling._pixel_positions(c, size, size), padded.shape[2:], False))
+  flat = padded.reshape(-1)
+  np.testing.assert_allclose(loop(flat, start, jc), sample(jl, jc)[:, 0],
+                             atol=1e-6)
+  jt, tt, c = _compare(lambda: loop(flat, start, jc), torch_sample, reps)
+  rows.append((f"point_sample's gather loop alone (its floor), N={n}, "
+               f"{size}², P={M}", jt, tt, f"{c:.1f} s"))
 
   scores = -np.abs(np.random.default_rng(2).normal(size=(n, M))).astype(np.float32)
   js, ts = jnp.asarray(scores), torch.from_numpy(scores)
@@ -265,13 +287,13 @@ def write_results(rows, mem_rows, faults, huge_rows, path, reps):
       "",
       "## Where the time goes: fresh pages",
       "",
-      "XLA:CPU allocates each step's temporaries as one block. Above glibc's",
+      "XLA:CPU allocates each call's temporaries as one block. Above glibc's",
       "mmap threshold (32 MiB at most) that block is fresh memory on every",
       "call, and all of its pages fault in again (~0.5 µs each on one core,",
       "more when both cores fault); below it, malloc's heap serves it without",
       "faults, as it serves torch's op-by-op allocations at N=50.",
       "",
-      "| step | JAX temporaries MiB | JAX page faults per step | torch page faults per step |",
+      "| what | JAX temporaries MiB | JAX page faults per call | torch page faults per call |",
       "|---|---|---|---|",
       *[f"| {name} | {temp / 2**20:.0f} | {jax_faults:.0f} | {torch_faults:.0f} |"
         for name, temp, jax_faults, torch_faults in faults],
@@ -334,7 +356,7 @@ def main():
     return
   for n, size in STEPS:
     bench_step(n, size, args.reps, rows, faults)
-  bench_parts(200, 128, args.reps, rows)
+  bench_parts(200, 128, args.reps, rows, faults)
   if hf:
     bench_hf(200, 128, args.reps, rows)
   for target_size in (512, 1024):
