@@ -92,6 +92,13 @@ def _page_faults(fn, reps=3):
   return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
 
 
+def _fault_row(name, jitted, args, torch_fn):
+  """(name, JAX temporaries in bytes, JAX faults per call, torch's)."""
+  temp = jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes
+  return (name, temp, _page_faults(lambda: jitted(*args)),
+          _page_faults(torch_fn))
+
+
 def bench_step(n, size, reps, rows, faults=None):
   """Whole point-loss step (select + sample + CE + dice), forward + backward."""
   pred, target = _inputs(n, size)
@@ -111,9 +118,7 @@ def bench_step(n, size, reps, rows, faults=None):
   name = f"point-loss step fwd+bwd, N={n}, {size}²"
   rows.append((name, jt, tt, f"{compile_s:.1f} s"))
   if faults is not None:
-    temp = step.lower(jp, jt_).compile().memory_analysis().temp_size_in_bytes
-    faults.append((name, temp, _page_faults(lambda: step(jp, jt_)),
-                   _page_faults(torch_step)))
+    faults.append(_fault_row(name, step, (jp, jt_), torch_step))
 
 
 def bench_parts(n, size, reps, rows, faults=None):
@@ -135,9 +140,7 @@ def bench_parts(n, size, reps, rows, faults=None):
   name = f"point_sample, N={n}, {size}², P={M}"
   rows.append((name, jt, tt, f"{c:.1f} s"))
   if faults is not None:
-    temp = sample.lower(jl, jc).compile().memory_analysis().temp_size_in_bytes
-    faults.append((name, temp, _page_faults(lambda: sample(jl, jc)),
-                   _page_faults(torch_sample)))
+    faults.append(_fault_row(name, sample, (jl, jc), torch_sample))
 
   # The sampler's floor on XLA:CPU: its gather loop alone, with the zero
   # border and the block offsets computed beforehand (not timed).

@@ -292,20 +292,6 @@ def _weights(ix: jax.Array, iy: jax.Array):
           (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0))
 
 
-def _flat_start(start: jax.Array, num_maps: int, map_size: int) -> jax.Array:
-  """Offsets within maps, `[N, P]` or `[N, 1, P]` -> `[N, P]` or `[N, C, P]`.
-
-  The `num_maps = N * C` maps of `map_size` values each lie in one flat array.
-  """
-  shape = start.shape
-  if start.ndim == 3:
-    shape = (shape[0], num_maps // shape[0], shape[2])
-  index = lax.broadcasted_iota(jnp.int32, shape, 0)
-  if start.ndim == 3:
-    index = index * shape[1] + lax.broadcasted_iota(jnp.int32, shape, 1)
-  return index * map_size + start.astype(jnp.int32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _interpolate(flat, start, ix, iy, map_shape, clamped):
   """Bilinear values at `ix, iy` from `[H', W']` maps, flat.
