@@ -145,10 +145,7 @@ def bench_parts(n, size, reps, rows, faults=None):
   # The sampler's floor on XLA:CPU: its gather loop alone, with the zero
   # border and the block offsets computed beforehand (not timed).
   padded = jnp.pad(jl, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  start = jax.jit(lambda c: sampling._block_start(
-      *(jnp.clip(jnp.floor(v), -1, size - 1) + 1
-        for v in sampling._pixel_positions(c, size, size)[::-1]),
-      size + 2, (size + 2)**2, 1))(jc)
+  start = jax.jit(lambda c: sampling._block_starts(c, jl.shape, padded=True))(jc)
   loop = jax.jit(lambda f, s, c: sampling._interpolate(
       f, s, *sampling._pixel_positions(c, size, size), padded.shape[2:], False))
   flat = padded.reshape(-1)

@@ -12,6 +12,7 @@ References:
 """
 
 import functools
+import math
 import numbers
 from typing import Callable
 
@@ -91,12 +92,6 @@ _MAX_FLAT_INDEX = 2**31 - 1
 _PIXELS_PER_POINT_TO_CLAMP = 8
 
 
-def _pair_dims(batch_rank: int) -> lax.GatherDimensionNumbers:
-  """Gathers `[..., 2]` adjacent values of a flat array at `[...]` starts."""
-  return lax.GatherDimensionNumbers(
-      offset_dims=(batch_rank,), collapsed_slice_dims=(), start_index_map=(0,))
-
-
 def _pixel_positions(point_coords, height, width):
   """(x, y) in [0, 1] -> pixel positions, in grid_sample's order of operations."""
   grid = 2 * point_coords - 1
@@ -168,48 +163,46 @@ def point_sample(inputs: jax.typing.ArrayLike,
 
 def _sample_padded(inputs, point_coords, ix, iy):
   """Two gathers of neighbour pairs per point from a zero-bordered copy."""
-  _, channels, height, width = inputs.shape
   # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
   # addressable, so each point reads two (left, right) pairs: rows y0 and y1.
   padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
-
-  def top_left(point_coords):
-    ix, iy = _pixel_positions(point_coords, height, width)
-    col = jnp.clip(jnp.floor(ix), -1, width - 1) + 1
-    row = jnp.clip(jnp.floor(iy), -1, height - 1) + 1
-    return _block_start(row, col, width + 2, (height + 2) * (width + 2),
-                        channels)
-
-  # The flat index of each point's top-left neighbour, in its own vectorised
-  # pass rather than as scalar code inside the gather.
-  start = barrier.computed_apart(top_left, point_coords)
+  start = _block_starts(point_coords, inputs.shape, padded=True)
   return _interpolate(padded.reshape(-1), start, ix, iy, padded.shape[2:],
                       False)
 
 
 def _sample_clamped(inputs, point_coords, ix, iy):
   """Two gathers per point of the 2 x 2 block clamped into `H, W >= 2` maps."""
-  _, channels, height, width = inputs.shape
-
-  def block_start(point_coords):
-    ix, iy = _pixel_positions(point_coords, height, width)
-    col = jnp.clip(jnp.floor(ix), 0, width - 2)
-    row = jnp.clip(jnp.floor(iy), 0, height - 2)
-    return _block_start(row, col, width, height * width, channels)
-
-  start = barrier.computed_apart(block_start, point_coords)
+  start = _block_starts(point_coords, inputs.shape, padded=False)
   return _interpolate(inputs.reshape(-1), start, ix, iy, inputs.shape[2:],
                       True)
 
 
-def _block_start(row, col, row_len, map_size, channels):
-  """Offset of a block within its map, 16 bits where they fit."""
-  if channels > 1:
-    col, row = col[:, None, :], row[:, None, :]
-  # (Half the memory of int32: fewer fresh pages to fault in.)
-  dtype = jnp.uint16 if map_size <= 2**16 else jnp.int32
-  return (row.astype(jnp.int32) * row_len + col.astype(jnp.int32)).astype(
-      dtype)
+def _block_starts(point_coords, shape, *, padded):
+  """Offset of each point's 2 x 2 block within its map, `[N, P]`/`[N, 1, P]`.
+
+  The block's top-left pixel is the point's top-left neighbour, in maps of
+  `shape` with a zero border (`padded`) or clamped into them. Computed in its
+  own vectorised pass rather than as scalar code inside the gather, and in
+  16 bits where the offsets fit (half the memory: fewer pages to fault in).
+  """
+  _, channels, height, width = shape
+  pad = 1 if padded else 0
+  row_len, num_rows = width + 2 * pad, height + 2 * pad
+
+  def starts(point_coords):
+    ix, iy = _pixel_positions(point_coords, height, width)
+    col, row = (jnp.clip(jnp.floor(ix), -pad, row_len - 2 - pad),
+                jnp.clip(jnp.floor(iy), -pad, num_rows - 2 - pad))
+    if padded:
+      col, row = col + pad, row + pad
+    if channels > 1:
+      col, row = col[:, None, :], row[:, None, :]
+    dtype = jnp.uint16 if row_len * num_rows <= 2**16 else jnp.int32
+    return (row.astype(jnp.int32) * row_len + col.astype(jnp.int32)).astype(
+        dtype)
+
+  return barrier.computed_apart(starts, point_coords)
 
 
 def _flat_start(start: jax.Array, num_maps: int, map_size: int) -> jax.Array:
@@ -269,8 +262,9 @@ def _transpose_neighbours(d, ix, iy, map_shape, clamped):
 
 def _gather_pairs(flat: jax.Array, start: jax.Array) -> jax.Array:
   """`[..., 2]` values `flat[start]`, `flat[start + 1]`."""
-  return lax.gather(flat, start[..., None], _pair_dims(start.ndim),
-                    slice_sizes=(2,),
+  dims = lax.GatherDimensionNumbers(
+      offset_dims=(start.ndim,), collapsed_slice_dims=(), start_index_map=(0,))
+  return lax.gather(flat, start[..., None], dims, slice_sizes=(2,),
                     mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
@@ -298,16 +292,17 @@ def _interpolate(flat, start, ix, iy, map_shape, clamped):
 
   `start`: each point's block within its map (see `_neighbours`).
   """
-  upper, lower = _read_pairs(flat, start, map_shape)
-  nw, ne, sw, se = _neighbours(upper, lower, ix, iy, map_shape, clamped)
+  start = _flat_start(start, flat.size // math.prod(map_shape),
+                      math.prod(map_shape))
+  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
+                               iy, map_shape, clamped)
   w = _weights(ix, iy)
   return nw * w[0] + ne * w[1] + sw * w[2] + se * w[3]
 
 
-def _read_pairs(flat, start, map_shape):
-  map_size = map_shape[0] * map_shape[1]
-  start = _flat_start(start, flat.size // map_size, map_size)
-  return (_gather_pairs(flat, start), _gather_pairs(flat, start + map_shape[1]))
+def _read_pairs(flat, start, row_len):
+  """The pixel pairs at `start` and one row below, in all the maps `flat`."""
+  return _gather_pairs(flat, start), _gather_pairs(flat, start + row_len)
 
 
 def _interpolate_fwd(flat, start, ix, iy, map_shape, clamped):
@@ -325,13 +320,13 @@ def _interpolate_bwd(map_shape, clamped, residuals, g):
   w = [jnp.where(g == 0, 0, weight) for weight in _weights(ix, iy)]
   d_upper, d_lower = _transpose_neighbours([g * wi for wi in w], ix, iy,
                                            map_shape, clamped)
-  map_size = map_shape[0] * map_shape[1]
-  flat_start = _flat_start(start, flat.size // map_size, map_size)
-  d_flat = _scatter_add_pairs(jnp.zeros_like(flat), flat_start, d_upper)
-  d_flat = _scatter_add_pairs(d_flat, flat_start + map_shape[1], d_lower)
+  start = _flat_start(start, flat.size // math.prod(map_shape),
+                      math.prod(map_shape))
+  d_flat = _scatter_add_pairs(jnp.zeros_like(flat), start, d_upper)
+  d_flat = _scatter_add_pairs(d_flat, start + map_shape[1], d_lower)
   # Through the weights, for gradients with respect to the points.
-  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape), ix, iy,
-                               map_shape, clamped)
+  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
+                               iy, map_shape, clamped)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   g = jnp.where(jnp.isfinite(ix) & jnp.isfinite(iy), g, 0)
   d_ix = g * ((ne - nw) * (y0 + 1 - iy) + (se - sw) * (iy - y0))
@@ -470,9 +465,7 @@ def _take_points(candidates: jax.Array, index: jax.Array) -> jax.Array:
   # slower.
   start = 2 * (index + num_candidates * lax.broadcasted_iota(
       jnp.int32, index.shape, 0))
-  return lax.gather(candidates.reshape(-1), start[..., None], _pair_dims(2),
-                    slice_sizes=(2,),
-                    mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  return _gather_pairs(candidates.reshape(-1), start)
 
 
 # On CPU the selection runs over chunks of masks whose candidates fill about
