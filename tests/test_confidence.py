@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jaxmask
+import _rules
 
 
 def _logits(batch, classes, seed=0, scale=2.0):
@@ -15,14 +16,35 @@ def _logits(batch, classes, seed=0, scale=2.0):
 
 
 def _numpy_masks(logits, q=50.0, keep="low"):
-  """The seed's computation in NumPy, from scratch (an independent oracle)."""
+  """MLKD's computation in NumPy, from scratch (an independent oracle)."""
   e = np.exp(logits - logits.max(axis=1, keepdims=True))
   probs = e / e.sum(axis=1, keepdims=True)
   conf = probs.max(axis=1)
   class_conf = probs.sum(axis=0)
   op = np.less_equal if keep == "low" else np.greater_equal
   thr, cthr = np.percentile(conf, q), np.percentile(class_conf, q)
-  return conf, op(conf, thr), class_conf, op(class_conf, cthr)
+  return conf, op(conf, thr), class_conf, op(class_conf, cthr), thr, cthr
+
+
+def _assert_masks_match_numpy(out, logits, q=50.0, keep="low"):
+  """Exact on jaxmask's own values; against NumPy's, the rule of `_rules.py`."""
+  conf, mask, class_conf, class_mask, thr, cthr = _numpy_masks(logits, q, keep)
+  op = np.less_equal if keep == "low" else np.greater_equal
+  np.testing.assert_array_equal(
+      out.threshold, np.percentile(np.asarray(out.confidence), q))
+  np.testing.assert_array_equal(
+      out.class_threshold, np.percentile(np.asarray(out.class_confidence), q))
+  np.testing.assert_array_equal(out.mask, op(out.confidence, out.threshold))
+  np.testing.assert_array_equal(
+      out.class_mask, op(out.class_confidence, out.class_threshold))
+  for got, want, values, thr_got, thr_want in (
+      (out.mask, mask, (out.confidence, conf), out.threshold, thr),
+      (out.class_mask, class_mask, (out.class_confidence, class_conf),
+       out.class_threshold, cthr)):
+    _rules.assert_equal_except_ties(
+        got, want, got_values=values[0], want_values=values[1],
+        got_threshold=thr_got, want_threshold=thr_want,
+        tol=_rules.ulps(thr_want))
 
 
 def test_fields_shapes_and_dtypes():
@@ -43,15 +65,12 @@ def test_fields_shapes_and_dtypes():
 def test_matches_numpy_oracle(batch, classes, keep):
   x = _logits(batch, classes, seed=batch)
   out = jaxmask.confidence_masks(x, keep=keep)
-  conf, mask, class_conf, class_mask = _numpy_masks(x, keep=keep)
+  conf, _, class_conf, *_ = _numpy_masks(x, keep=keep)
   np.testing.assert_allclose(out.confidence, conf, rtol=1e-6)
   np.testing.assert_allclose(out.class_confidence, class_conf, rtol=1e-5)
-  # The masks must agree with NumPy's percentile of *our* values exactly.
-  np.testing.assert_array_equal(
-      out.threshold, np.percentile(np.asarray(out.confidence), 50))
-  np.testing.assert_array_equal(out.mask, mask)
-  np.testing.assert_array_equal(out.class_mask, class_mask)
-  np.testing.assert_array_equal(out.pseudo_labels, x.argmax(axis=1))
+  _assert_masks_match_numpy(out, x, keep=keep)
+  _rules.assert_same_argmax(out.pseudo_labels, x.argmax(axis=1), out.probs,
+                            tol=_rules.ulps(1.0))
 
 
 def test_low_half_of_an_odd_batch_keeps_the_median():
@@ -133,11 +152,18 @@ def test_traced_q_does_not_recompile():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def fn(logits, q):
-    return jaxmask.confidence_masks(logits, q=q).mask
+    return jaxmask.confidence_masks(logits, q=q)
 
   x = jnp.asarray(_logits(9, 4))
   for q in (10.0, 50.0, 90.0):
-    np.testing.assert_array_equal(fn(x, q), _numpy_masks(np.asarray(x), q)[1])
+    out = fn(x, q)
+    np.testing.assert_array_equal(out.mask, out.confidence <= out.threshold)
+    _rules.assert_equal_except_ties(
+        out.mask, _numpy_masks(np.asarray(x), q)[1],
+        got_values=out.confidence, want_values=_numpy_masks(np.asarray(x))[0],
+        got_threshold=out.threshold,
+        want_threshold=_numpy_masks(np.asarray(x), q)[4],
+        tol=_rules.ulps(out.threshold))
   fn(jnp.asarray(_logits(9, 4, seed=3)), 50.0)  # new values, same shape
 
 

@@ -2,8 +2,12 @@
 
 Tolerances (float32): probabilities and confidences 1e-6 absolute; thresholds
 equal NumPy's percentile of jaxmask's own confidences exactly and torch_ref's
-within 1e-6; masks, pseudo-labels exactly equal; losses 1e-5 relative (plus
-1e-7 absolute); gradients 1e-5 relative, 1e-6 absolute.
+within 1e-6; jaxmask's masks are exactly its own rule (`<=`/`>=` its
+threshold); against torch_ref, masks and pseudo-labels are compared under the
+rule of `_rules.py` (equal except where a value ties the threshold within
+`_rules.TIE_ULPS` float32 ulps: the two frameworks sum in different orders);
+losses 1e-5 relative (plus 1e-7 absolute); gradients 1e-5 relative, 1e-6
+absolute.
 """
 
 import jax
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 import jaxmask
+import _rules
 
 torch = pytest.importorskip("torch")
 import torch_ref  # noqa: E402  (needs torch)
@@ -42,7 +47,6 @@ def test_masks_match_torch_ref(batch, classes):
     msg = f"q={q} keep={keep}"
     np.testing.assert_allclose(got.probs, want.probs, atol=1e-6, err_msg=msg)
     np.testing.assert_allclose(got.confidence, want.confidence, atol=1e-6, err_msg=msg)
-    np.testing.assert_array_equal(got.pseudo_labels, want.pseudo_labels, err_msg=msg)
     np.testing.assert_array_equal(
         got.threshold, np.percentile(np.asarray(got.confidence), q), err_msg=msg)
     np.testing.assert_allclose(got.threshold, want.threshold, atol=1e-6, err_msg=msg)
@@ -50,9 +54,24 @@ def test_masks_match_torch_ref(batch, classes):
                                rtol=1e-5, atol=1e-6, err_msg=msg)
     np.testing.assert_allclose(got.class_threshold, want.class_threshold,
                                rtol=1e-5, atol=1e-6, err_msg=msg)
-    np.testing.assert_array_equal(got.mask, want.mask, err_msg=msg)
-    np.testing.assert_array_equal(got.class_mask, want.class_mask, err_msg=msg)
-
+    own_rule = np.less_equal if keep == "low" else np.greater_equal
+    np.testing.assert_array_equal(
+        got.mask, own_rule(got.confidence, got.threshold), err_msg=msg)
+    np.testing.assert_array_equal(
+        got.class_mask, own_rule(got.class_confidence, got.class_threshold),
+        err_msg=msg)
+    for name, values, threshold in (
+        ("mask", "confidence", "threshold"),
+        ("class_mask", "class_confidence", "class_threshold")):
+      _rules.assert_equal_except_ties(
+          getattr(got, name), np.asarray(getattr(want, name)),
+          got_values=getattr(got, values),
+          want_values=np.asarray(getattr(want, values)),
+          got_threshold=getattr(got, threshold),
+          want_threshold=np.asarray(getattr(want, threshold)),
+          tol=_rules.ulps(getattr(got, threshold)), err_msg=f"{name} {msg}")
+    _rules.assert_same_argmax(got.pseudo_labels, np.asarray(want.pseudo_labels),
+                              got.probs, tol=_rules.ulps(1.0), err_msg=msg)
 
 def test_nan_and_inf_rows_match_torch_ref():
   x = _logits((6, 5), seed=1)

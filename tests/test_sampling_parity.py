@@ -8,9 +8,10 @@ Tolerances (float32):
   sampler values: atol 5e-6 for inputs of standard deviation 3 (both follow
     grid_sample's arithmetic, but a fused multiply-add here or there moves
     the pixel position by an ulp, i.e. the value by ulp x the local slope);
-  selections: identical sets, except candidates whose uncertainty lies
-    within 1e-5 of the k-th (sampled logits differ by <= 2e-6, so such
-    near-ties may swap across the cut); order where there are no ties;
+  selections: the rule of `_rules.py` with tolerance 1e-5: a candidate may
+    be in one set and not the other only where its uncertainty lies within
+    1e-5 of the k-th in both frameworks (sampled logits differ by <= 2e-6,
+    so such near-ties may swap across the cut);
   on-grid indices and coordinates: exact;
   losses and matcher costs: rtol 1e-5; gradients: atol 1e-6 relative to
     the largest gradient entry.
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 import jaxmask
+import _rules
 
 torch = pytest.importorskip("torch")
 import torch_ref  # pylint: disable=g-import-not-at-top
@@ -51,16 +53,22 @@ def t(x):
   return torch.from_numpy(np.array(x))
 
 
-def assert_same_selection(selected, expected, candidates, scores, k, tol=1e-5):
-  """Selected rows equal as sets up to near-ties at the k-th score."""
-  selected, expected = np.asarray(selected), np.asarray(expected)
-  for row in range(selected.shape[0]):
-    kth = np.sort(scores[row])[::-1][k - 1]
-    score_of = {tuple(c): s for c, s in zip(candidates[row], scores[row])}
-    got = set(map(tuple, selected[row]))
-    want = set(map(tuple, expected[row]))
-    for point in got ^ want:
-      assert abs(score_of[point] - kth) <= tol, (row, point, kth)
+def torch_scores(logits, candidates):
+  """torch_ref's uncertainty of each candidate, `[num_masks, num_candidates]`."""
+  return -np.abs(torch_ref.point_sample(t(logits), t(candidates))[:, 0]
+                 .numpy())
+
+
+def jax_scores(logits, candidates):
+  return -np.abs(np.asarray(point_sample(logits, candidates))[:, 0])
+
+
+def assert_same_selection(got, want, logits, candidates, k, tol=1e-5):
+  """Selected sets equal up to near-ties at the k-th score (`_rules.py`)."""
+  candidates = np.asarray(candidates)
+  _rules.assert_same_selection(
+      got, want, candidates, got_scores=jax_scores(logits, candidates),
+      want_scores=torch_scores(logits, candidates), k=k, tol=tol)
 
 
 # ---------------------------------------------------------------- sampler
@@ -108,9 +116,7 @@ def test_select_uncertain_points_parity():
   got = select_uncertain_points(logits, candidates, num_uncertain=40)
   want = torch_ref.select_uncertain_points(t(logits), t(candidates),
                                            num_uncertain=40).numpy()
-  scores = -np.abs(torch_ref.point_sample(t(logits), t(candidates))[:, 0]
-                   .numpy())
-  assert_same_selection(got, want, candidates, scores, 40)
+  assert_same_selection(got, want, logits, candidates, 40)
 
 
 def test_select_uncertain_points_ties_compare_sets():
@@ -161,9 +167,7 @@ def test_sample_points_parity_with_injected_randomness(ratios):
   assert got.shape == want.shape == (4, num_points, 2)
   np.testing.assert_array_equal(got[:, k:], want[:, k:])  # fresh points
   if k:
-    scores = -np.abs(torch_ref.point_sample(t(logits), t(candidates))[:, 0]
-                     .numpy())
-    assert_same_selection(got[:, :k], want[:, :k], candidates, scores, k)
+    assert_same_selection(got[:, :k], want[:, :k], logits, candidates, k)
 
 
 def test_on_grid_parity():
