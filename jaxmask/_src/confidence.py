@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask._src import checks
 from jaxmask._src import percentile as _pct
-
-_KEEP = ("low", "high")
 
 
 class ConfidenceMasks(NamedTuple):
@@ -24,22 +23,8 @@ class ConfidenceMasks(NamedTuple):
   class_mask: jax.Array  # [num_classes] bool, the selected classes
 
 
-def _check_keep(keep) -> None:
-  if keep not in _KEEP:
-    raise ValueError(f"keep must be one of {_KEEP}, got {keep!r}.")
-
-
-def _check_float(name: str, x: jax.Array) -> None:
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"{name} must be floating point, got dtype {x.dtype}.")
-
-
-def _upcast(x: jax.Array) -> jax.Array:
-  # Half precision has too few bits to rank probabilities and their batch sums.
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _select(values: jax.Array, threshold: jax.Array, keep: str) -> jax.Array:
+def _compare(values: jax.Array, threshold: jax.Array, keep: str) -> jax.Array:
+  """`values <= threshold` (keep "low") or `values >= threshold` ("high")."""
   return values <= threshold if keep == "low" else values >= threshold
 
 
@@ -47,7 +32,7 @@ def percentile_mask(
     values: jax.typing.ArrayLike,
     *,
     q: jax.typing.ArrayLike = 50.0,
-    keep: str = "low",
+    keep: checks.Keep = "low",
     axis_name=None,
 ) -> tuple[jax.Array, jax.Array]:
   """Selects the scores at or below (or above) their q-th percentile.
@@ -75,25 +60,19 @@ def percentile_mask(
     >>> mask  # thr == 0.4
     Array([ True, False,  True], dtype=bool)
   """
-  values = jnp.asarray(values)
-  if values.ndim != 1:
-    raise ValueError(f"values must have shape [n], got {values.shape}.")
-  if values.shape[0] < 1:
-    raise ValueError("values must hold at least one score, got shape (0,).")
-  _check_float("values", values)
-  _pct.check_q(q)
-  _check_keep(keep)
-  values = lax.stop_gradient(_upcast(values))
+  values = lax.stop_gradient(_pct.check_values(values))
+  checks.percentile_q(q)
+  checks.one_of(keep, "keep", checks.KEEP)
   threshold = _pct.percentile(_pct.gather_global(values, axis_name), q)
   threshold = lax.stop_gradient(threshold)  # q may be a traced, differentiable value
-  return _select(values, threshold, keep), threshold
+  return _compare(values, threshold, keep), threshold
 
 
 def confidence_masks(
     logits: jax.typing.ArrayLike,
     *,
     q: jax.typing.ArrayLike = 50.0,
-    keep: str = "low",
+    keep: checks.Keep = "low",
     axis_name=None,
 ) -> ConfidenceMasks:
   """Sample and class confidence masks from a teacher's logits (MLKD).
@@ -137,13 +116,14 @@ def confidence_masks(
     >>> jax.vmap(jaxmask.confidence_masks)(logits[None])  # a leading axis
   """
   logits = jnp.asarray(logits)
-  if logits.ndim != 2:
-    raise ValueError(
-        f"logits must have shape [batch, num_classes], got {logits.shape}.")
+  checks.rank(logits, "logits", "[batch, num_classes]")
   if logits.shape[0] < 1 or logits.shape[1] < 1:
-    raise ValueError(f"logits must not be empty, got shape {logits.shape}.")
-  _check_float("logits", logits)
-  logits = lax.stop_gradient(_upcast(logits))
+    raise ValueError("logits must have shape [batch, num_classes] with batch"
+                     f" >= 1 and num_classes >= 1, got {logits.shape}.")
+  checks.floating(logits, "logits")
+  checks.percentile_q(q)
+  checks.one_of(keep, "keep", checks.KEEP)
+  logits = lax.stop_gradient(checks.upcast(logits))
 
   probs = jax.nn.softmax(logits, axis=-1)
   confidence = jnp.max(probs, axis=-1)

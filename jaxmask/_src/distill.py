@@ -5,27 +5,26 @@ released code (`mdistiller/distillers/KD_ours.py`).
 """
 
 import numbers
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask._src import checks
 from jaxmask._src.confidence import confidence_masks
 
+Mode = Literal["faithful", "masked"]
 _MODES = ("faithful", "masked")
 _EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
-_HIGHEST = lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16
+_HIGHEST = checks.HIGHEST
 
 
 def _check_pair(student_logits, teacher_logits):
   s, t = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
   for name, x in (("student_logits", s), ("teacher_logits", t)):
-    if x.ndim != 2:
-      raise ValueError(
-          f"{name} must have shape [batch, num_classes], got {x.shape}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise TypeError(f"{name} must be floating point, got dtype {x.dtype}.")
+    checks.rank(x, name, "[batch, num_classes]")
+    checks.floating(x, name)
   if s.shape != t.shape:
     raise ValueError("student_logits and teacher_logits must have the same "
                      f"shape, got {s.shape} and {t.shape}.")
@@ -174,7 +173,7 @@ def mlkd_loss(
     teacher_strong: jax.typing.ArrayLike,
     *,
     temperature: float = 4.0,
-    mode: str = "faithful",
+    mode: Mode = "faithful",
     q: jax.typing.ArrayLike = 50.0,
     axis_name=None,
 ) -> MLKDLoss:
@@ -223,8 +222,7 @@ def mlkd_loss(
   Returns:
     An `MLKDLoss`; `.total` is `kd + cc + bc`.
   """
-  if mode not in _MODES:
-    raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+  checks.one_of(mode, "mode", _MODES)
   _check_temperature(temperature)
   s_w, t_w = _check_pair(student_weak, teacher_weak)
   s_s, t_s = _check_pair(student_strong, teacher_strong)

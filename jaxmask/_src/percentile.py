@@ -7,22 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def check_q(q) -> None:
-  """Validates a percentile that is a Python/NumPy number; traced values pass."""
-  if isinstance(q, bool):
-    raise TypeError(f"q must be a number in [0, 100], got bool {q!r}.")
-  if isinstance(q, numbers.Real):
-    if not 0.0 <= float(q) <= 100.0:  # also rejects NaN
-      raise ValueError(f"q must lie in [0, 100], got {q!r}.")
-    return
-  if isinstance(q, jax.Array) or hasattr(q, "dtype"):
-    if jnp.ndim(q) != 0:
-      raise ValueError(f"q must be a scalar, got shape {jnp.shape(q)}.")
-    if not jnp.issubdtype(jnp.result_type(q), jnp.number):
-      raise TypeError(f"q must be numeric, got dtype {jnp.result_type(q)}.")
-    return
-  raise TypeError(f"q must be a number in [0, 100], got {type(q).__name__}.")
+from jaxmask._src import checks
 
 
 def gather_global(values: jax.Array, axis_name) -> jax.Array:
@@ -53,25 +38,60 @@ def _lerp(a, b, t, zero):
   return jnp.where(t >= 0.5, high, low)
 
 
-def percentile(values: jax.Array, q) -> jax.Array:
-  """`np.percentile(values, q)` (method 'linear') for a 1-D array, on device.
+def check_values(values, name: str = "values") -> jax.Array:
+  """`values` as a non-empty `[n]` floating array (half precision upcast)."""
+  if not hasattr(values, "shape"):
+    raise TypeError(f"{name} must be an array of shape [n], got"
+                    f" {type(values).__name__}.")
+  values = jnp.asarray(values)
+  checks.rank(values, name, "[n]")
+  checks.floating(values, name)
+  if values.shape[0] < 1:
+    raise ValueError(f"{name} must hold at least one value, got shape (0,).")
+  return checks.upcast(values)
 
-  For a Python-number `q` the result is bit-for-bit NumPy's: the rank, its
+
+def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
+  r"""`np.percentile(values, q)` (method "linear") of a 1-D array, on device.
+
+  With the values sorted, :math:`v_{(0)} \le \dots \le v_{(n-1)}`, the rank
+  :math:`r = (n - 1)\, q / 100`, :math:`i = \lfloor r \rfloor` and
+  :math:`\gamma = r - i`:
+
+  .. math::
+     \operatorname{percentile} = v_{(i)} + (v_{(i+1)} - v_{(i)})\, \gamma
+
+  (NumPy's `_lerp`, which computes :math:`v_{(i+1)} - (v_{(i+1)} - v_{(i)})
+  (1 - \gamma)` where :math:`\gamma \ge 0.5`).
+
+  For a Python-number `q` the result is bit for bit NumPy's: the rank, its
   floor and the interpolation weight are computed at trace time in float64,
   exactly as NumPy does, and the interpolation uses NumPy's formula in the
-  input dtype. For a traced `q` (a scalar array) the arithmetic is NumPy's
-  for a float32 `q`, i.e. `np.percentile(values, np.float32(q))`; a traced
-  `q` outside [0, 100] clamps to the minimum/maximum.
+  input dtype, kept from XLA's rewrites (`jnp.percentile` is not exact:
+  XLA:CPU turns `q / 100` into a multiply and fuses the interpolation into a
+  multiply-add). A traced `q` follows NumPy's arithmetic for a float32 `q`,
+  i.e. `np.percentile(values, np.float32(q))`, with the division `q / 100`
+  done by the device (IEEE on XLA:CPU); a traced `q` outside [0, 100] or NaN
+  gives NaN.
 
-  Any NaN in `values` gives NaN, as in NumPy.
+  Any NaN in `values` gives NaN, as in NumPy; infinities interpolate as in
+  NumPy (`inf - inf` is NaN).
 
   Args:
-    values: `[n]` float32 (or wider) array, `n >= 1`.
-    q: percentile in [0, 100]; a Python number or a scalar (possibly traced).
+    values: `[n]` floating array, `n >= 1`; half precision is upcast to
+      float32.
+    q: percentile in [0, 100]: a Python or NumPy number (checked), or a scalar
+      array, possibly traced.
 
   Returns:
-    A scalar of `values.dtype`.
+    A scalar of `values.dtype` (float32 or wider).
+
+  Example:
+    >>> jaxmask.percentile(jnp.array([1.0, 2.0, 3.0, 4.0]), 50)
+    Array(2.5, dtype=float32)
   """
+  values = check_values(values)
+  checks.percentile_q(q)
   n = values.shape[0]
   v = jnp.sort(values)
   has_nan = jnp.isnan(v[-1])  # NaNs sort last
@@ -98,4 +118,5 @@ def percentile(values: jax.Array, q) -> jax.Array:
     lo = lo.astype(jnp.int32)
     hi = jnp.minimum(lo + 1, n - 1)
     out = _lerp(v[lo], v[hi], gamma, zero)
+    has_nan |= ~((q >= 0) & (q <= 100))  # out of range, or NaN
   return jnp.where(has_nan, jnp.asarray(jnp.nan, v.dtype), out)

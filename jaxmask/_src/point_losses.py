@@ -11,24 +11,32 @@ References:
   Kirillov et al., "PointRend: Image Segmentation as Rendering", CVPR 2020.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmask._src import checks
+from jaxmask._src import implementation as impl
 from jaxmask._src import sampling
 
-_HIGHEST = lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16
+_HIGHEST = checks.HIGHEST
+_upcast = checks.upcast
 
 
-def _upcast(x: jax.Array) -> jax.Array:
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+class PointMaskLosses(NamedTuple):
+  """What `point_mask_losses` returns: two float32 scalars."""
+
+  loss_mask: jax.Array  # sigmoid_ce_loss of the sampled logits and targets
+  loss_dice: jax.Array  # dice_loss of the sampled logits and targets
 
 
 def _check_points(logits: jax.Array, labels: jax.Array, pairwise: bool) -> None:
   """Validates `[rows, num_points]` logits and labels."""
-  sampling.check_rank(logits, 2, "logits", "[num_masks, num_points]")
-  sampling.check_rank(labels, 2, "labels", "[num_masks, num_points]")
-  sampling.check_floating(logits, "logits")
+  checks.rank(logits, "logits", "[num_masks, num_points]")
+  checks.rank(labels, "labels", "[num_masks, num_points]")
+  checks.floating(logits, "logits")
   if pairwise:
     if logits.shape[1] != labels.shape[1]:
       raise ValueError(
@@ -63,11 +71,16 @@ def _bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
                     labels: jax.typing.ArrayLike,
                     num_masks: jax.typing.ArrayLike) -> jax.Array:
-  """Sigmoid cross-entropy of point logits, averaged per mask.
+  r"""Sigmoid cross-entropy of point logits, averaged per mask.
 
-  `sum_n mean_p BCEWithLogits(logits[n, p], labels[n, p]) / num_masks`.
+  .. math::
+     \frac{1}{\text{num\_masks}} \sum_n \frac{1}{P} \sum_i
+     \left[\max(x_{ni}, 0) - x_{ni} t_{ni} + \log(1 + e^{-|x_{ni}|})\right].
+
   Equivalent to `sigmoid_cross_entropy_loss` in HF transformers' Mask2Former
-  (`sigmoid_ce_loss` in Mask2Former's criterion). Computed in float32.
+  (`sigmoid_ce_loss` in Mask2Former's criterion), i.e. PyTorch's
+  `BCEWithLogitsLoss(reduction="none")` averaged over points; per element it
+  is `optax.sigmoid_binary_cross_entropy`. Computed in float32.
 
   Args:
     logits: `[num_masks, num_points]` floating point logits.
@@ -76,6 +89,11 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
 
   Returns:
     A float32 scalar.
+
+  Example:
+    >>> logits = jnp.array([[0.0, 0.0]])
+    >>> jaxmask.sigmoid_ce_loss(logits, jnp.array([[1.0, 0.0]]), 1.0)
+    Array(0.6931472, dtype=float32)
   """
   logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
   loss = _bce_with_logits(logits, labels)
@@ -85,11 +103,23 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
 def dice_loss(logits: jax.typing.ArrayLike,
               labels: jax.typing.ArrayLike,
               num_masks: jax.typing.ArrayLike) -> jax.Array:
-  """Soft dice loss of point logits, summed over masks.
+  r"""Soft dice loss of point logits, summed over masks.
 
-  With `p = sigmoid(logits)`: `sum_n [1 - (2 sum_p p t + 1) / (sum_p p +
-  sum_p t + 1)] / num_masks`. Equivalent to `dice_loss` in HF transformers'
-  Mask2Former and Mask2Former's criterion. Computed in float32.
+  With :math:`p = \sigma(x)` and targets :math:`t`,
+
+  .. math::
+     \frac{1}{\text{num\_masks}} \sum_n \left[1 - \frac{2 \sum_i p_{ni}
+     t_{ni} + 1}{\sum_i p_{ni} + \sum_i t_{ni} + 1}\right].
+
+  Equivalent to `dice_loss` in HF transformers' Mask2Former and Mask2Former's
+  criterion. Computed in float32.
+
+  Shares its name with optax's `optax.losses.dice_loss`, a Tversky loss over
+  classes: with its `alpha = beta = 0.5` and `smooth=0.5` (numerator and
+  denominator both scaled by 2) it is the same per-mask formula, so this
+  equals `optax.losses.binary_dice_loss(logits, labels, smooth=0.5).sum() /
+  num_masks`. Mask2Former's normaliser (`num_masks`, a global count) is why
+  this function exists apart from optax's per-mask losses.
 
   Args:
     logits: `[num_masks, num_points]` floating point logits.
@@ -98,6 +128,12 @@ def dice_loss(logits: jax.typing.ArrayLike,
 
   Returns:
     A float32 scalar.
+
+  Example:
+    >>> logits = jnp.array([[4.0, -4.0, 4.0]])
+    >>> round(float(jaxmask.dice_loss(logits, jnp.array([[1.0, 0.0, 1.0]]),
+    ...                               1.0)), 4)
+    0.0108
   """
   logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
   probs = jax.nn.sigmoid(logits)
@@ -124,6 +160,12 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
 
   Returns:
     `[num_queries, num_targets]` float32 costs.
+
+  Example:
+    >>> logits = jnp.array([[0.0, 0.0], [5.0, -5.0]])  # 2 queries
+    >>> jaxmask.pairwise_sigmoid_ce_loss(logits, jnp.array([[1.0, 0.0]]))
+    Array([[0.6931472 ],
+           [0.00671535]], dtype=float32)
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_points(logits, labels, pairwise=True)
@@ -150,6 +192,13 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
 
   Returns:
     `[num_queries, num_targets]` float32 costs.
+
+  Example:
+    >>> logits = jnp.array([[9.0, -9.0], [-9.0, 9.0]])  # 2 queries
+    >>> labels = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # 2 targets
+    >>> jaxmask.pairwise_dice_loss(logits, labels).round(3)
+    Array([[0.   , 0.667],
+           [0.667, 0.   ]], dtype=float32)
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_points(logits, labels, pairwise=True)
@@ -169,7 +218,8 @@ def point_mask_losses(
     num_points: int = 12544,
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
-) -> tuple[jax.Array, jax.Array]:
+    implementation: impl.Implementation | None = None,
+) -> PointMaskLosses:
   """Mask2Former's training mask losses on uncertainty-sampled points.
 
   Equivalent to `Mask2FormerLoss.loss_masks` (HF transformers) and
@@ -190,28 +240,29 @@ def point_mask_losses(
     oversample_ratio: r >= 1.
     importance_sample_ratio: fraction in [0, 1] of points chosen by
       uncertainty.
+    implementation: `None` (the XLA:CPU kernels on CPU, the plain algorithm
+      elsewhere), `"plain"` or `"xla_cpu"`, for the sampling.
 
   Returns:
-    `(loss_mask, loss_dice)`: float32 scalars, `sigmoid_ce_loss` and
-    `dice_loss` of the sampled logits and targets.
+    A `PointMaskLosses` `(loss_mask, loss_dice)` of float32 scalars,
+    `sigmoid_ce_loss` and `dice_loss` of the sampled logits and targets.
 
   Example:
     >>> pred = jax.random.normal(jax.random.key(1), (3, 32, 32))
     >>> target = (pred > 0).astype(jnp.float32)
-    >>> loss_mask, loss_dice = point_mask_losses(
+    >>> losses = jaxmask.point_mask_losses(
     ...     jax.random.key(0), pred, target, 3.0, num_points=64)
+    >>> losses._fields
+    ('loss_mask', 'loss_dice')
   """
   pred_masks = jnp.asarray(pred_masks)
   target_masks = jnp.asarray(target_masks)
-  sampling.check_rank(pred_masks, 3, "pred_masks",
-                      "[num_masks, height, width]")
-  sampling.check_rank(target_masks, 3, "target_masks",
-                      "[num_masks, target_height, target_width]")
-  sampling.check_floating(pred_masks, "pred_masks")
-  if pred_masks.shape[0] != target_masks.shape[0]:
-    raise ValueError(
-        "pred_masks and target_masks must have the same num_masks (first"
-        f" axis), got {pred_masks.shape} and {target_masks.shape}.")
+  checks.rank(pred_masks, "pred_masks", "[num_masks, height, width]")
+  checks.rank(target_masks, "target_masks",
+              "[num_masks, target_height, target_width]")
+  checks.floating(pred_masks, "pred_masks")
+  checks.same_size(pred_masks, target_masks, 0,
+                   ("pred_masks", "target_masks"), "num_masks (first axis)")
   if not jnp.issubdtype(target_masks.dtype, jnp.floating):
     target_masks = target_masks.astype(pred_masks.dtype)
 
@@ -219,12 +270,16 @@ def point_mask_losses(
   point_coords = sampling.sample_points_using_uncertainty(
       key, pred_masks, num_points=num_points,
       oversample_ratio=oversample_ratio,
-      importance_sample_ratio=importance_sample_ratio)
-  point_labels = lax.stop_gradient(
-      sampling.point_sample(target_masks[:, None], point_coords)[:, 0])
-  point_logits = sampling.point_sample(pred_masks, point_coords)[:, 0]
-  return (sigmoid_ce_loss(point_logits, point_labels, num_masks),
-          dice_loss(point_logits, point_labels, num_masks))
+      importance_sample_ratio=importance_sample_ratio,
+      implementation=implementation)
+  point_labels = lax.stop_gradient(sampling.point_sample(
+      target_masks[:, None], point_coords,
+      implementation=implementation)[:, 0])
+  point_logits = sampling.point_sample(
+      pred_masks, point_coords, implementation=implementation)[:, 0]
+  return PointMaskLosses(
+      sigmoid_ce_loss(point_logits, point_labels, num_masks),
+      dice_loss(point_logits, point_labels, num_masks))
 
 
 def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
@@ -243,6 +298,10 @@ def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
 
   Returns:
     A `[]` float32 scalar, at least 1.
+
+  Example:
+    >>> jaxmask.num_masks_normalizer(0)
+    Array(1., dtype=float32)
   """
   num_masks = jnp.asarray(num_local_masks, jnp.float32)
   _check_num_masks(num_masks)

@@ -1,273 +1,75 @@
-"""Exact per-row top-k indices, with a selection that is fast on XLA:CPU.
+"""Per-row top-k selection, as a set of indices.
 
-XLA:CPU's `lax.top_k` sorts each row on one thread. On CPU, `top_k_indices`
-instead brackets the k-th value of each row between a few order statistics of
-a small sorted sample (Floyd-Rivest style), decides every value outside the
-bracket by comparison, sorts only the few values inside it to find the exact
-k-th value, and compacts the selected indices with bitmask words (popcounts,
-a small scatter and a gather; no full-size sort, cumsum or scatter). A row
-whose bracket holds more values than the static buffer makes the whole call
-fall back to `lax.top_k`, so the result is always exact. Other platforms use
-`lax.top_k` directly.
+The plain algorithm is `lax.top_k`; on CPU an XLA:CPU kernel selects the same
+set several times faster (`jaxmask._src.xla_cpu.topk`).
 """
 
-import math
 import operator
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
-_IMAX = 2**31 - 1
-_IMIN = -(2**31)
-_LANES = 32  # bits per bitmask word
-_FIELD = 6  # bits per packed count; a count over 32 lanes is at most 32
-_PER_WORD = 5  # packed counts per int32 accumulator
-_MIN_FAST_SIZE = 4096  # below this, lax.top_k is cheap anyway
+from jaxmask._src import checks
+from jaxmask._src import implementation as impl
+from jaxmask._src.xla_cpu import topk as xla_cpu_topk
 
 
-def _check(scores: jax.Array, k) -> int:
-  """Validates `scores` [rows, M] and `k`; returns k as an int."""
-  if scores.ndim != 2:
-    raise ValueError(f"scores must be [rows, M], got shape {scores.shape}.")
-  if not jnp.issubdtype(scores.dtype, jnp.floating):
-    raise TypeError(f"scores must be floating, got dtype {scores.dtype}.")
+def _check_k(k, m: int) -> int:
   if isinstance(k, bool):
-    raise TypeError(f"k must be an int, got bool {k!r}.")
+    raise TypeError(f"k must be a Python int, got {k!r}.")
   try:
     k = operator.index(k)
   except TypeError:
-    raise TypeError(f"k must be an int, got {type(k).__name__}.") from None
-  if not 0 <= k <= scores.shape[1]:
-    raise ValueError(f"k must lie in [0, M={scores.shape[1]}], got {k}.")
+    raise TypeError(f"k must be a Python int, got {k!r}.") from None
+  if not 0 <= k <= m:
+    raise ValueError(f"k must lie in [0, M={m}], got {k}.")
   return k
 
 
-def _sortable_keys(scores: jax.Array) -> jax.Array:
-  """int32 keys whose order is the total order `lax.top_k` uses for floats.
-
-  -NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN, NaNs by payload.
-  """
-  bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
-  return bits ^ ((bits >> 31) & _IMAX)
-
-
-def _pack(mask: jax.Array) -> jax.Array:
-  """[n, W, 32] bool -> [n, W] uint32 words, bit `lane` of word `w`."""
-  lane = lax.broadcasted_iota(jnp.uint32, mask.shape, 2)
-  return jnp.sum(mask.astype(jnp.uint32) << lane, axis=2, dtype=jnp.uint32)
-
-
-def _compact(words: jax.Array, num_slots: int) -> jax.Array:
-  """Positions `32 * w + lane` of the set bits of `words` [n, W], [n, slots].
-
-  Slot `j` holds the j-th set bit in (word, lane) order, so positions rise
-  along the slots (the final gather then reads the candidates in order,
-  12% faster selection than a lane-major layout); slots past a row's
-  bit count hold garbage. A word's first bit goes to slot `excl` (the bits
-  in earlier words); that slot is marked by a scatter of one value per word,
-  packing the word and `excl`, and the next 31 slots copy the mark forward by
-  doubling shifts. Requires `W << num_slots.bit_length() < 2**31`.
-  """
-  n, num_words = words.shape
-  count = lax.population_count(words).astype(jnp.int32)
-  excl = jnp.cumsum(count, axis=1) - count
-  shift = num_slots.bit_length()
-  word_id = lax.broadcasted_iota(jnp.int32, (n, num_words), 1)
-  dest = jnp.where(count > 0, excl, num_slots)  # empty words: dropped
-  mark = jnp.full((n, num_slots), -1, jnp.int32).at[
-      jnp.arange(n)[:, None], dest].set((word_id << shift) | excl, mode="drop")
-  step = 1
-  while step < min(_LANES, num_slots):
-    shifted = jnp.pad(mark[:, :num_slots - step], ((0, 0), (step, 0)),
-                      constant_values=-1)
-    mark = jnp.maximum(mark, shifted)
-    step *= 2
-  w = jnp.maximum(mark >> shift, 0)
-  rank = lax.broadcasted_iota(jnp.int32, mark.shape, 1) - (
-      mark & ((1 << shift) - 1))
-  word = jnp.take_along_axis(words, w, axis=1, mode="promise_in_bounds")
-  # Lane of the rank-th set bit of `word`, by bisection on popcounts.
-  lane = jnp.zeros_like(rank)
-  for width in (16, 8, 4, 2, 1):
-    low = (word >> lane.astype(jnp.uint32)) & jnp.uint32((1 << width) - 1)
-    c = lax.population_count(low).astype(jnp.int32)
-    up = rank >= c
-    lane = jnp.where(up, lane + width, lane)
-    rank = jnp.where(up, rank - c, rank)
-  return w * _LANES + lane
-
-
-def _default_sizes(m: int, k: int) -> tuple[int, int, int]:
-  """(sample_size, num_thresholds, buffer_size) for rows of `m`, top `k`."""
-  sample_size = min(m, 1 << round(math.log2(5.3 * math.sqrt(m))))
-  sample_size = max(min(sample_size, 4096), min(m, 256))
-  num_thresholds = 10
-  q = k * sample_size / m
-  margin = 5.0 * math.sqrt(q * (1 - k / m)) + 2
-  gap = 2 * margin / (num_thresholds - 1) + 1  # sample values per bracket
-  # A bracket's size is about Gamma(gap) * m / sample_size; take its
-  # 1 - 1e-7 quantile (Wilson-Hilferty), so that overflows (and the fallback)
-  # are rare: about 2e-5 of 200-row calls.
-  quantile = gap * (1 - 1 / (9 * gap) + 5.2 / (3 * math.sqrt(gap)))**3
-  buffer_size = math.ceil(quantile * m / sample_size / 128) * 128
-  return sample_size, num_thresholds, min(buffer_size, m)
-
-
-def _thresholds(keys: jax.Array, k: int, sample_size: int,
-                num_thresholds: int) -> jax.Array:
-  """[n, T] decreasing keys around the sampled k-th key of each row."""
-  m = keys.shape[1]
-  sample = jnp.sort(keys[:, ::max(m // sample_size, 1)][:, :sample_size])
-  s = sample.shape[1]
-  q = k * s / m  # expected sample rank (from the top) of the k-th key
-  margin = 5.0 * math.sqrt(q * (1 - k / m)) + 2
-  ranks = [
-      min(max(round(q - margin + 2 * margin * i / (num_thresholds - 1)), 0),
-          s - 1) for i in range(num_thresholds)
-  ]
-  return sample[:, [s - 1 - r for r in ranks]]
-
-
-def _count_above(keys3: jax.Array, thresholds: jax.Array,
-                 real: jax.Array | None) -> jax.Array:
-  """[n, T] counts of keys above each threshold, in one pass over the keys.
-
-  Five 6-bit counts share an int32 over the 32 lanes of a word, then the
-  fields are unpacked and summed over the words in one reduction.
-  """
-  n, num_thresholds = thresholds.shape
-  words = []
-  for first in range(0, num_thresholds, _PER_WORD):
-    packed = 0
-    for i in range(first, min(first + _PER_WORD, num_thresholds)):
-      above = keys3 > thresholds[:, i, None, None]
-      if real is not None:
-        above &= real
-      packed += above.astype(jnp.int32) << (_FIELD * (i - first))
-    words.append(jnp.sum(packed, axis=2))
-  shifts = _FIELD * jnp.arange(_PER_WORD, dtype=jnp.int32)[:, None]
-  fields = (jnp.stack(words, 1)[:, :, None, :] >> shifts) & ((1 << _FIELD) - 1)
-  return jnp.sum(fields, axis=3).reshape(n, len(words) * _PER_WORD)[
-      :, :num_thresholds]
-
-
-def _take(values: jax.Array, index: jax.Array) -> jax.Array:
-  """values[row, index[row]] for [n, X] values and [n] indices -> [n]."""
-  return jnp.take_along_axis(values, index[:, None], axis=1)[:, 0]
-
-
-def _select(scores: jax.Array, k: int, *, sample_size: int,
-            num_thresholds: int, buffer_size: int) -> jax.Array:
-  """The sample-bracket selection; `lax.top_k` if any bracket overflows."""
-  n, m = scores.shape
-  keys = _sortable_keys(scores)
-  num_words = -(-m // _LANES)
-  padded = _LANES * num_words
-  keys3 = jnp.pad(keys, ((0, 0), (0, padded - m)), constant_values=_IMIN)
-  keys3 = keys3.reshape(n, num_words, _LANES)  # index = word * 32 + lane
-  index3 = (lax.broadcasted_iota(jnp.int32, keys3.shape, 1) * _LANES +
-            lax.broadcasted_iota(jnp.int32, keys3.shape, 2))
-  real = index3 < m if padded != m else None
-
-  # Bracket the k-th key: above[a] < k <= above[a + 1]; the thresholds past
-  # the ends stand for +inf (nothing above) and -inf (all m above).
-  thresholds = _thresholds(keys, k, sample_size, num_thresholds)
-  above = _count_above(keys3, thresholds, real)
-  a = jnp.sum(above < k, axis=1) - 1
-  hi = jnp.where(a >= 0, _take(thresholds, jnp.maximum(a, 0)), _IMAX)
-  num_hi = jnp.where(a >= 0, _take(above, jnp.maximum(a, 0)), 0)
-  no_lo = a + 1 >= num_thresholds
-  lo = _take(thresholds, jnp.minimum(a + 1, num_thresholds - 1))
-  num_lo = jnp.where(no_lo, m, _take(above, jnp.minimum(a + 1,
-                                                        num_thresholds - 1)))
-  num_in = num_lo - num_hi
-  inside = (keys3 <= hi[:, None, None]) & (
-      (keys3 > lo[:, None, None]) | no_lo[:, None, None])
-  if real is not None:
-    inside &= real
-
-  # The exact k-th key: the (k - num_hi)-th largest inside the bracket.
-  buf_index = _compact(_pack(inside), buffer_size)
-  valid = lax.broadcasted_iota(jnp.int32, buf_index.shape, 1) < num_in[:, None]
-  buf_keys = jnp.where(
-      valid,
-      jnp.take_along_axis(keys, jnp.minimum(buf_index, m - 1), axis=1,
-                          mode="promise_in_bounds"), _IMIN)
-  kth = _take(jnp.sort(buf_keys), jnp.clip(buffer_size - k + num_hi, 0,
-                                            buffer_size - 1))[:, None]
-  need = k - num_hi - jnp.sum(valid & (buf_keys > kth), axis=1)
-  is_tie = valid & (buf_keys == kth)
-
-  def tie_cut():  # largest index among the `need` lowest-index ties
-    tie_index = jnp.sort(jnp.where(is_tie, buf_index, _IMAX))
-    return _take(tie_index, jnp.clip(need - 1, 0, buffer_size - 1))
-
-  cut = lax.cond(jnp.all(jnp.sum(is_tie, axis=1) == need),
-                 lambda: jnp.full((n,), _IMAX, jnp.int32), tie_cut)
-  kth3, cut3 = kth[:, :, None], cut[:, None, None]
-  chosen = (keys3 > kth3) | ((keys3 == kth3) & (index3 <= cut3))
-  if real is not None:
-    chosen &= real
-  fast = _compact(_pack(chosen), k)
-  # The fallback ranks the keys, not `scores` (same order and ties), so that
-  # `scores` has one consumer and its producer can fuse into the keys.
-  return lax.cond(jnp.all(num_in <= buffer_size), lambda: fast,
-                  lambda: lax.top_k(keys, k)[1])
-
-
-def _portable(scores: jax.Array, k: int) -> jax.Array:
-  return lax.top_k(scores, k)[1]
-
-
-def _cpu(scores: jax.Array, k: int) -> jax.Array:
-  m = scores.shape[1]
-  sizes = _default_sizes(m, k)
-  # The compaction packs a word index and a slot into an int32.
-  fits = ((-(-m // _LANES)) << max(k, sizes[2]).bit_length()) < 2**31
-  if m < _MIN_FAST_SIZE or scores.dtype == jnp.float64 or not fits:
-    return _portable(scores, k)
-  sample_size, num_thresholds, buffer_size = sizes
-  return _select(scores, k, sample_size=sample_size,
-                 num_thresholds=num_thresholds, buffer_size=buffer_size)
-
-
-def top_k_indices(scores: jax.typing.ArrayLike, k: int) -> jax.Array:
+def top_k_indices(
+    scores: jax.typing.ArrayLike,
+    *,
+    k: int,
+    implementation: impl.Implementation | None = None,
+) -> jax.Array:
   """Indices of the `k` largest scores of each row, as a set.
 
-  Selects the same set as `lax.top_k(scores, k)[1]`, bit for bit, ties
-  included: values are ordered like `lax.top_k` orders them (`-NaN < -inf <
-  ... < -0 < +0 < ... < +inf < +NaN`) and equal values keep the lowest
-  indices. Only the order within a row may differ from `lax.top_k`'s
-  (decreasing values); here it is unspecified.
+  The plain algorithm is `lax.top_k(scores, k)[1]`: values are ordered as
+  `lax.top_k` orders them (`-NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN`)
+  and equal values keep the lowest indices. Every implementation selects
+  exactly that set, ties included; only the order within a row differs: the
+  plain path returns decreasing values, the XLA:CPU kernel (a sample-bracket
+  selection several times faster than XLA:CPU's sort-based `lax.top_k`)
+  increasing indices. No gradient flows through the result.
 
-  On CPU this is a sample-bracket selection several times faster than XLA's
-  sort-based `lax.top_k` (see the module docstring); elsewhere it is
-  `lax.top_k`. Under `jax.vmap` the mapped rows are stacked into one batch
-  of rows. No gradient flows through the result.
+  Equivalent to `torch.topk(scores, k, sorted=False).indices` as a set, up to
+  the order of equal values.
 
   Args:
     scores: `[rows, M]` floating scores.
     k: how many indices to keep per row, a Python int in [0, M].
+    implementation: `None` (the XLA:CPU kernel on CPU, the plain algorithm
+      elsewhere), `"plain"` or `"xla_cpu"`.
 
   Returns:
     `[rows, k]` int32 indices into the last axis of `scores`.
+
+  Example:
+    >>> scores = jnp.array([[0.1, 0.9, 0.4, 0.7]])
+    >>> sorted(jaxmask.top_k_indices(scores, k=2)[0].tolist())
+    [1, 3]
   """
   scores = jnp.asarray(scores)
-  k = _check(scores, k)
+  checks.rank(scores, "scores", "[rows, M]")
+  checks.floating(scores, "scores")
   rows, m = scores.shape
+  k = _check_k(k, m)
+  impl.check(implementation)
   if k == 0 or k == m:
     return jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (rows, k))
-
-  @jax.custom_batching.custom_vmap
-  def select(s):
-    return lax.platform_dependent(
-        s, cpu=lambda s: _cpu(s, k), default=lambda s: _portable(s, k))
-
-  @select.def_vmap
-  def _(axis_size, in_batched, s):
-    # Stacks the batch into rows: a batched lax.cond would run both branches.
-    del axis_size, in_batched  # only the scores are mapped
-    return select(s.reshape(-1, m)).reshape(*s.shape[:-1], k), True
-
-  return select(lax.stop_gradient(scores))
+  return impl.choose(
+      implementation,
+      plain=lambda s: lax.top_k(s, k)[1],
+      xla_cpu=lambda s: xla_cpu_topk.top_k_indices(s, k),
+      operands=(lax.stop_gradient(scores),))

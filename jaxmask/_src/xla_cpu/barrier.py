@@ -1,6 +1,6 @@
-"""Computing a value apart from its consumers, on XLA:CPU.
+"""Kernel helper: computing a value apart from its consumers, on XLA:CPU.
 
-XLA:CPU fuses elementwise producers into their consumers. When the consumer
+Why: XLA:CPU fuses elementwise producers into their consumers. When the consumer
 gathers (the point sampler), the fused producer is emitted as scalar code
 inside the gather loop: a Threefry hash ran ~8x slower there than in its own
 vectorised pass, and the sampler's index arithmetic cost ~30 ms more per
@@ -8,6 +8,8 @@ vectorised pass, and the sampler's index arithmetic cost ~30 ms more per
 it before fusion. A conditional is a boundary XLA:CPU does not fuse across,
 so `computed_apart` evaluates `fn` as the branch of one whose predicate is
 always true but opaque to the compiler. Other platforms call `fn` directly.
+
+What it must equal: `fn(x, *args)`, bit for bit.
 """
 
 from typing import Callable

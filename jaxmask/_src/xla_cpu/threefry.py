@@ -1,13 +1,15 @@
-"""`jax.random.uniform`, bit for bit, without XLA:CPU's rolled Threefry loop.
+"""Kernel: `jax.random.uniform`, bit for bit, with Threefry unrolled.
 
-On CPU, JAX lowers Threefry-2x32 as a 5-step `fori_loop`, so every step reads
-and writes the whole state from memory; for the 15M candidate coordinates of
-a Mask2Former step that is ~5x slower than one fused elementwise pass. `uniform`
+Why: on CPU, JAX lowers Threefry-2x32 as a 5-step `fori_loop`, so every step
+reads and writes the whole state from memory; for the 15M candidate
+coordinates of a Mask2Former step that is ~5x slower than one fused
+elementwise pass.
+
+What it must equal: `jax.random.uniform(key, shape)`, bit for bit. `uniform`
 computes the same hash unrolled (the counters, key schedule, rotations and
 float conversion of `jax.random.uniform` under the default
-`jax_threefry_partitionable=True`), so it returns exactly the same values.
-Keys of other PRNG implementations, the non-partitionable mode and other
-platforms use `jax.random.uniform` itself.
+`jax_threefry_partitionable=True`); keys of other PRNG implementations and
+the non-partitionable mode fall back to `jax.random.uniform` itself.
 """
 
 import math
@@ -17,7 +19,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmask._src import barrier
+from jaxmask._src.xla_cpu import barrier
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -74,8 +76,7 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
                  first_row: jax.Array | int) -> jax.Array:
   """Rows `first_row, ...` of `uniform(key, (R, *shape[1:]))`, for any R.
 
-  For CPU code only, and only where `draws_rows(key, (R, *shape[1:]))`. The
-  draw is materialised: fused into a gathering consumer the hash runs ~8x
+  Only where `draws_rows(key, (R, *shape[1:]))`. The draw is materialised: fused into a gathering consumer the hash runs ~8x
   slower.
   """
   row_size = math.prod(shape[1:])
@@ -88,6 +89,4 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
   if not draws_rows(key, shape):
     return jax.random.uniform(key, shape)
-  return lax.platform_dependent(
-      key, cpu=lambda key: uniform_rows(key, shape, 0),
-      default=lambda key: jax.random.uniform(key, shape))
+  return uniform_rows(key, shape, 0)

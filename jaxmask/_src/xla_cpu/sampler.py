@@ -1,0 +1,234 @@
+"""Kernel: `point_sample` as two gathers of neighbour pairs per point.
+
+Why: XLA:CPU emits a gather as a scalar loop, so the plain sampler's four
+clamped gathers, their index arithmetic and autodiff's four scatters cost
+more than grid_sample itself. This kernel reads each point's 2 x 2 block as
+two (left, right) pixel pairs in one flat gather: from a zero-bordered copy
+of the maps, or, for few points on big maps (8 or more pixels per point),
+from the maps themselves with the block clamped into the map and the edge
+pixels routed by selects (no copy of the maps or of their gradient). The
+block offsets are computed in their own vectorised pass (`barrier.py`), in
+16 bits where they fit, and a hand-written VJP computes the gradient once and
+scatters both rows of neighbours into one buffer.
+
+What it must equal: the plain `point_sample` (grid_sample with bilinear
+interpolation, zero padding, `align_corners=False`), using the same position
+and weight arithmetic (`grid.py`) and summing the neighbours in the same
+order; values and gradients agree to float rounding.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxmask._src import grid
+from jaxmask._src.xla_cpu import barrier
+
+MAX_FLAT_INDEX = 2**31 - 1
+# From this many pixels per point on, the maps are read where they are (the
+# 2 x 2 block clamped into the map, a few selects per point), which needs no
+# copy of the maps or of their gradient. At 5 pixels per point (256² logits,
+# 12544 points) the zero-bordered copy's faster loop still wins by ~7%.
+_PIXELS_PER_POINT_TO_CLAMP = 8
+
+
+def point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
+  """The kernel's entry point: validated `[N, C, H, W]` maps, `[N, P, 2]` points.
+
+  Returns `[N, C, P]` values in the dtype of `inputs`.
+  """
+  num_masks, channels, height, width = inputs.shape
+  if num_masks > 1 and (
+      num_masks * channels * (height + 2) * (width + 2) > MAX_FLAT_INDEX):
+    # Flat int32 offsets would overflow: gather map by map instead.
+    return jax.vmap(point_sample)(inputs[:, None], point_coords[:, None])[:, 0]
+
+  # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
+  point_coords = point_coords.astype(
+      jnp.promote_types(point_coords.dtype, jnp.float32))
+  ix, iy = grid.pixel_positions(point_coords, height, width)
+  if channels > 1:  # (a unit channel axis slows XLA:CPU down 2x)
+    ix, iy = ix[:, None, :], iy[:, None, :]
+  if (min(height, width) >= 2 and
+      point_coords.shape[1] * _PIXELS_PER_POINT_TO_CLAMP <= height * width):
+    out = _sample_clamped(inputs, point_coords, ix, iy)
+  else:
+    out = _sample_padded(inputs, point_coords, ix, iy)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
+  out = jnp.where(inside, out, 0).reshape(num_masks, channels, -1)
+  return out.astype(inputs.dtype)
+
+
+def _sample_padded(inputs, point_coords, ix, iy):
+  """Two gathers of neighbour pairs per point from a zero-bordered copy."""
+  # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
+  # addressable, so each point reads two (left, right) pairs: rows y0 and y1.
+  padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  start = block_starts(point_coords, inputs.shape, padded=True)
+  return interpolate(padded.reshape(-1), start, ix, iy, padded.shape[2:],
+                      False)
+
+
+def _sample_clamped(inputs, point_coords, ix, iy):
+  """Two gathers per point of the 2 x 2 block clamped into `H, W >= 2` maps."""
+  start = block_starts(point_coords, inputs.shape, padded=False)
+  return interpolate(inputs.reshape(-1), start, ix, iy, inputs.shape[2:],
+                      True)
+
+
+def block_starts(point_coords, shape, *, padded):
+  """Offset of each point's 2 x 2 block within its map, `[N, P]`/`[N, 1, P]`.
+
+  The block's top-left pixel is the point's top-left neighbour, in maps of
+  `shape` with a zero border (`padded`) or clamped into them. Computed in its
+  own vectorised pass rather than as scalar code inside the gather, and in
+  16 bits where the offsets fit (half the memory: fewer pages to fault in).
+  """
+  _, channels, height, width = shape
+  pad = 1 if padded else 0
+  row_len, num_rows = width + 2 * pad, height + 2 * pad
+
+  def starts(point_coords):
+    ix, iy = grid.pixel_positions(point_coords, height, width)
+    col, row = (jnp.clip(jnp.floor(ix), -pad, row_len - 2 - pad),
+                jnp.clip(jnp.floor(iy), -pad, num_rows - 2 - pad))
+    if padded:
+      col, row = col + pad, row + pad
+    if channels > 1:
+      col, row = col[:, None, :], row[:, None, :]
+    dtype = jnp.uint16 if row_len * num_rows <= 2**16 else jnp.int32
+    return (row.astype(jnp.int32) * row_len + col.astype(jnp.int32)).astype(
+        dtype)
+
+  return barrier.computed_apart(starts, point_coords)
+
+
+def _flat_start(start: jax.Array, num_maps: int, map_size: int) -> jax.Array:
+  """Offsets within maps, `[N, P]` or `[N, 1, P]` -> `[N, P]` or `[N, C, P]`.
+
+  The `num_maps = N * C` maps of `map_size` values each lie in one flat array.
+  """
+  shape = start.shape
+  if start.ndim == 3:
+    shape = (shape[0], num_maps // shape[0], shape[2])
+  index = lax.broadcasted_iota(jnp.int32, shape, 0)
+  if start.ndim == 3:
+    index = index * shape[1] + lax.broadcasted_iota(jnp.int32, shape, 1)
+  return index * map_size + start.astype(jnp.int32)
+
+
+def _route(first, second, low_edge, high_edge):
+  """A point's (lower, upper) neighbours along an axis, from a clamped block.
+
+  The block starts at the lower neighbour clamped into the map: at the low
+  edge (lower neighbour -1) the upper neighbour is the block's first pixel,
+  at the high edge (lower neighbour size - 1) the lower one is its second,
+  and the neighbour off the map is zero. With the edges swapped this is the
+  transpose, from the neighbours' gradients to the block's.
+  """
+  lower = jnp.where(high_edge, second, jnp.where(low_edge, 0, first))
+  upper = jnp.where(low_edge, first, jnp.where(high_edge, 0, second))
+  return lower, upper
+
+
+def _edges(position, size):
+  floor = jnp.floor(position)
+  return floor == -1, floor == size - 1
+
+
+def _neighbours(upper, lower, ix, iy, map_shape, clamped):
+  """(nw, ne, sw, se) from the pixel pairs read at and below each start."""
+  if not clamped:
+    return upper[..., 0], upper[..., 1], lower[..., 0], lower[..., 1]
+  low_x, high_x = _edges(ix, map_shape[1])
+  low_y, high_y = _edges(iy, map_shape[0])
+  top, bottom = _route(upper, lower, low_y[..., None], high_y[..., None])
+  return (*_route(top[..., 0], top[..., 1], low_x, high_x),
+          *_route(bottom[..., 0], bottom[..., 1], low_x, high_x))
+
+
+def _transpose_neighbours(d, ix, iy, map_shape, clamped):
+  """The pairs' gradients from the neighbours' gradients `d` (nw, ne, sw, se)."""
+  if not clamped:
+    return jnp.stack(d[:2], -1), jnp.stack(d[2:], -1)
+  low_x, high_x = _edges(ix, map_shape[1])
+  low_y, high_y = _edges(iy, map_shape[0])
+  top = jnp.stack(_route(d[0], d[1], high_x, low_x), -1)
+  bottom = jnp.stack(_route(d[2], d[3], high_x, low_x), -1)
+  return _route(top, bottom, high_y[..., None], low_y[..., None])
+
+
+def gather_pairs(flat: jax.Array, start: jax.Array) -> jax.Array:
+  """`[..., 2]` values `flat[start]`, `flat[start + 1]`."""
+  dims = lax.GatherDimensionNumbers(
+      offset_dims=(start.ndim,), collapsed_slice_dims=(), start_index_map=(0,))
+  return lax.gather(flat, start[..., None], dims, slice_sizes=(2,),
+                    mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _scatter_add_pairs(flat: jax.Array, start: jax.Array,
+                       pairs: jax.Array) -> jax.Array:
+  """The transpose of `_gather_pairs`: adds `pairs` at `start`, `start + 1`."""
+  dims = lax.ScatterDimensionNumbers(
+      update_window_dims=(start.ndim,), inserted_window_dims=(),
+      scatter_dims_to_operand_dims=(0,))
+  return lax.scatter_add(flat, start[..., None], pairs.astype(flat.dtype),
+                         dims, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def interpolate(flat, start, ix, iy, map_shape, clamped):
+  """Bilinear values at `ix, iy` from `[H', W']` maps, flat.
+
+  `start`: each point's block within its map (see `_neighbours`).
+  """
+  start = _flat_start(start, flat.size // math.prod(map_shape),
+                      math.prod(map_shape))
+  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
+                               iy, map_shape, clamped)
+  w = grid.bilinear_weights(ix, iy)
+  return nw * w[0] + ne * w[1] + sw * w[2] + se * w[3]
+
+
+def _read_pairs(flat, start, row_len):
+  """The pixel pairs at `start` and one row below, in all the maps `flat`."""
+  return gather_pairs(flat, start), gather_pairs(flat, start + row_len)
+
+
+def _interpolate_fwd(flat, start, ix, iy, map_shape, clamped):
+  out = interpolate(flat, start, ix, iy, map_shape, clamped)
+  return out, (flat, start, ix, iy)
+
+
+def _interpolate_bwd(map_shape, clamped, residuals, g):
+  # Written out so that the gradient `g` is computed once, not once per row
+  # of neighbours, and both rows scatter into one buffer (autodiff's
+  # transpose took 2x longer).
+  flat, start, ix, iy = residuals
+  g = barrier.computed_apart(lambda g: g, g)
+  # Points outside get g = 0; their weights may be NaN (NaN points).
+  w = [jnp.where(g == 0, 0, weight) for weight in grid.bilinear_weights(ix, iy)]
+  d_upper, d_lower = _transpose_neighbours([g * wi for wi in w], ix, iy,
+                                           map_shape, clamped)
+  start = _flat_start(start, flat.size // math.prod(map_shape),
+                      math.prod(map_shape))
+  d_flat = _scatter_add_pairs(jnp.zeros_like(flat), start, d_upper)
+  d_flat = _scatter_add_pairs(d_flat, start + map_shape[1], d_lower)
+  # Through the weights, for gradients with respect to the points.
+  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
+                               iy, map_shape, clamped)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  g = jnp.where(jnp.isfinite(ix) & jnp.isfinite(iy), g, 0)
+  d_ix = g * ((ne - nw) * (y0 + 1 - iy) + (se - sw) * (iy - y0))
+  d_iy = g * ((sw - nw) * (x0 + 1 - ix) + (se - ne) * (ix - x0))
+  unbroadcast = lambda d: jnp.sum(d, axis=tuple(
+      a for a, (m, n) in enumerate(zip(d.shape, ix.shape)) if m != n),
+                                  keepdims=True)
+  return d_flat, None, unbroadcast(d_ix), unbroadcast(d_iy)
+
+
+interpolate.defvjp(_interpolate_fwd, _interpolate_bwd)
