@@ -32,8 +32,11 @@ import numpy as np
 import torch
 
 import jaxmask
-from jaxmask._src import rng
-from jaxmask._src import sampling
+# Named entry points of the XLA:CPU kernels, for the rows that time a
+# kernel's part alone (the sampler's floor, the candidate draw).
+from jaxmask._src import grid
+from jaxmask._src.xla_cpu import sampler as xla_cpu_sampler
+from jaxmask._src.xla_cpu import threefry as xla_cpu_threefry
 import torch_ref
 
 try:
@@ -99,12 +102,13 @@ def _fault_row(name, jitted, args, torch_fn):
           _page_faults(torch_fn))
 
 
-def bench_step(n, size, reps, rows, faults=None):
+def bench_step(n, size, reps, rows, faults=None, implementation=None):
   """Whole point-loss step (select + sample + CE + dice), forward + backward."""
   pred, target = _inputs(n, size)
   key = jax.random.key(0)
   step = jax.jit(jax.value_and_grad(
-      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, float(n)))))
+      lambda p, t: sum(jaxmask.point_mask_losses(
+          key, p, t, float(n), implementation=implementation))))
   jp, jt_ = jnp.asarray(pred), jnp.asarray(target)
   tp = torch.from_numpy(pred)
   tt_ = torch.from_numpy(target)
@@ -116,6 +120,8 @@ def bench_step(n, size, reps, rows, faults=None):
 
   jt, tt, compile_s = _compare(lambda: step(jp, jt_), torch_step, reps)
   name = f"point-loss step fwd+bwd, N={n}, {size}²"
+  if implementation:
+    name += f", implementation={implementation!r}"
   rows.append((name, jt, tt, f"{compile_s:.1f} s"))
   if faults is not None:
     faults.append(_fault_row(name, step, (jp, jt_), torch_step))
@@ -133,6 +139,12 @@ def bench_parts(n, size, reps, rows, faults=None):
   jt, tt, c = _compare(lambda: select(jl, jc), lambda: torch_ref.select_uncertain_points(
       tl, tc, num_uncertain=K), reps)
   rows.append((f"select_uncertain_points, N={n}, M={M}, k={K}", jt, tt, f"{c:.1f} s"))
+  select_plain = jax.jit(lambda l, c: jaxmask.select_uncertain_points(
+      l, c, num_uncertain=K, implementation="plain"))
+  jt, tt, c = _compare(lambda: select_plain(jl, jc), lambda: torch_ref.select_uncertain_points(
+      tl, tc, num_uncertain=K), reps)
+  rows.append((f"select_uncertain_points, implementation='plain', N={n}, M={M}, k={K}",
+               jt, tt, f"{c:.1f} s"))
 
   sample = jax.jit(jaxmask.point_sample)
   torch_sample = lambda: torch_ref.point_sample(tl, tc)
@@ -141,13 +153,19 @@ def bench_parts(n, size, reps, rows, faults=None):
   rows.append((name, jt, tt, f"{c:.1f} s"))
   if faults is not None:
     faults.append(_fault_row(name, sample, (jl, jc), torch_sample))
+  sample_plain = jax.jit(lambda l, c: jaxmask.point_sample(
+      l, c, implementation="plain"))
+  jt, tt, c = _compare(lambda: sample_plain(jl, jc), torch_sample, reps)
+  rows.append((f"point_sample, implementation='plain', N={n}, {size}², P={M}",
+               jt, tt, f"{c:.1f} s"))
 
   # The sampler's floor on XLA:CPU: its gather loop alone, with the zero
   # border and the block offsets computed beforehand (not timed).
   padded = jnp.pad(jl, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  start = jax.jit(lambda c: sampling._block_starts(c, jl.shape, padded=True))(jc)
-  loop = jax.jit(lambda f, s, c: sampling._interpolate(
-      f, s, *sampling._pixel_positions(c, size, size), padded.shape[2:], False))
+  start = jax.jit(lambda c: xla_cpu_sampler.block_starts(
+      c, jl.shape, padded=True))(jc)
+  loop = jax.jit(lambda f, s, c: xla_cpu_sampler.interpolate(
+      f, s, *grid.pixel_positions(c, size, size), padded.shape[2:], False))
   flat = padded.reshape(-1)
   np.testing.assert_allclose(loop(flat, start, jc), sample(jl, jc)[:, 0],
                              atol=1e-6)
@@ -157,19 +175,22 @@ def bench_parts(n, size, reps, rows, faults=None):
 
   scores = -np.abs(np.random.default_rng(2).normal(size=(n, M))).astype(np.float32)
   js, ts = jnp.asarray(scores), torch.from_numpy(scores)
-  fast = jax.jit(lambda s: jaxmask.top_k_indices(s, K))
-  plain = jax.jit(lambda s: jax.lax.top_k(s, K)[1])
+  fast = jax.jit(lambda s: jaxmask.top_k_indices(s, k=K))
+  plain = jax.jit(lambda s: jaxmask.top_k_indices(s, k=K,
+                                                  implementation="plain"))
   for name, jax_fn, torch_fn in (
       ("top_k_indices vs torch.topk", fast, lambda: torch.topk(ts, K, dim=1)),
       ("top_k_indices vs torch.topk(sorted=False)", fast,
        lambda: torch.topk(ts, K, dim=1, sorted=False)),
-      ("lax.top_k vs torch.topk", plain, lambda: torch.topk(ts, K, dim=1))):
+      ("lax.top_k (implementation='plain') vs torch.topk", plain,
+       lambda: torch.topk(ts, K, dim=1))):
     jt, tt, c = _compare(lambda: jax_fn(js), torch_fn, reps)
     rows.append((f"{name}, {n}×{M}, k={K}", jt, tt, f"{c:.1f} s"))
 
   key = jax.random.key(0)
   for name, draw in (("jax.random.uniform", jax.random.uniform),
-                     ("jaxmask's unrolled Threefry (same bits)", rng.uniform)):
+                     ("jaxmask's unrolled Threefry (same bits)",
+                      xla_cpu_threefry.uniform)):
     uniform = jax.jit(lambda k, draw=draw: draw(k, (n, M, 2)))
     jt, tt, c = _compare(lambda: uniform(key), lambda: torch.rand(n, M, 2),
                          reps)
@@ -356,6 +377,8 @@ def main():
     return
   for n, size in STEPS:
     bench_step(n, size, args.reps, rows, faults)
+  # What the XLA:CPU kernels buy: the plain algorithms, as GPUs and TPUs run.
+  bench_step(200, 128, args.reps, rows, implementation="plain")
   bench_parts(200, 128, args.reps, rows, faults)
   if hf:
     bench_hf(200, 128, args.reps, rows)

@@ -10,7 +10,7 @@ key_t, key_s = jax.random.split(jax.random.key(0))
 teacher = jax.random.normal(key_t, (8, 5)) * 2  # [batch, num_classes] logits
 student = jax.random.normal(key_s, (8, 5))
 
-out = jax.jit(jaxmask.confidence_masks)(teacher)  # the seed's masks, q = 50
+out = jax.jit(jaxmask.confidence_masks)(teacher)  # MLKD's masks, q = 50
 print("confidence   ", np.asarray(out.confidence))
 print("threshold    ", np.asarray(out.threshold), "(NumPy-exact median)")
 print("mask (<=)    ", out.mask)

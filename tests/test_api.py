@@ -36,3 +36,53 @@ def test_torch_ref_mirrors_jaxmask_names():
   pytest.importorskip("torch")
   import torch_ref
   assert set(torch_ref.__all__) <= set(jaxmask.__all__)
+
+
+def _literal_choices(annotation):
+  """The values a `Literal[...]` (or `Literal[...] | None`) annotation allows."""
+  import typing
+  if typing.get_origin(annotation) is typing.Literal:
+    return set(typing.get_args(annotation))
+  choices = set()
+  for arg in typing.get_args(annotation):
+    choices |= {None} if arg is type(None) else _literal_choices(arg)
+  return choices
+
+
+def test_options_with_fixed_choices_are_literals():
+  cases = [(jaxmask.confidence_masks, "keep", {"low", "high"}),
+           (jaxmask.percentile_mask, "keep", {"low", "high"}),
+           (jaxmask.mlkd_loss, "mode", {"faithful", "masked"})]
+  cases += [(fn, "implementation", {None, "plain", "xla_cpu"}) for fn in (
+      jaxmask.top_k_indices, jaxmask.point_sample,
+      jaxmask.point_sample_single, jaxmask.select_uncertain_points,
+      jaxmask.sample_points_using_uncertainty, jaxmask.point_mask_losses)]
+  for fn, name, choices in cases:
+    annotation = inspect.signature(fn).parameters[name].annotation
+    assert _literal_choices(annotation) == choices, (fn.__name__, name)
+
+
+def test_named_results():
+  for cls, fields in ((jaxmask.ConfidenceMasks, 8), (jaxmask.MLKDLoss, 5),
+                      (jaxmask.PointMaskLosses, 2)):
+    assert issubclass(cls, tuple) and len(cls._fields) == fields
+  assert jaxmask.PointMaskLosses._fields == ("loss_mask", "loss_dice")
+
+
+def test_kernels_stay_behind_the_public_functions():
+  """The XLA:CPU kernels are reached only through `implementation`."""
+  import pathlib
+  src = pathlib.Path(jaxmask.__file__).parent / "_src"
+  importers = []
+  for path in src.glob("*.py"):
+    text = path.read_text()
+    if "from jaxmask._src.xla_cpu import" in text:
+      # A concept module names its kernel only to hand it to the chooser.
+      assert "impl.choose(" in text, path.name
+      importers.append(path.name)
+  assert sorted(importers) == ["sampling.py", "topk.py"]
+  for path in (src / "xla_cpu").glob("*.py"):  # kernels never import back
+    for line in path.read_text().splitlines():
+      if line.startswith(("import ", "from ")) and "jaxmask" in line:
+        assert "jaxmask._src.xla_cpu" in line or line.endswith(
+            "import grid"), (path.name, line)

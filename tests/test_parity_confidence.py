@@ -1,4 +1,4 @@
-"""jaxmask vs torch_ref (the seed and MLKD's released code, in PyTorch).
+"""jaxmask vs torch_ref (MLKD's released code, `mdistiller/distillers/KD_ours.py`, in PyTorch).
 
 Tolerances (float32): probabilities and confidences 1e-6 absolute; thresholds
 equal NumPy's percentile of jaxmask's own confidences exactly and torch_ref's

@@ -46,7 +46,7 @@ def test_traced_q_equals_numpy_with_float32_q():
 
 
 def test_jnp_percentile_pitfall_is_avoided():
-  # SPEC §1: at q=50 on an odd batch jnp.percentile (under jit) can land one
+  # At q=50 on an odd batch jnp.percentile (under jit) can land one
   # float step below the median; ours is the median itself.
   x = jnp.asarray(np.random.default_rng(0).random(101), jnp.float32)
   mask, thr = jax.jit(lambda v: jaxmask.percentile_mask(v, q=50))(x)
@@ -77,16 +77,30 @@ def test_keep_high_selects_at_or_above():
   np.testing.assert_array_equal(mask, [False, True, True, True])
 
 
-def test_traced_q_out_of_range_clamps():
+def test_traced_q_out_of_range_gives_nan_and_empty_masks():
   x = jnp.array([0.1, 0.4, 0.9])
-  assert jax.jit(jaxmask.percentile)(x, jnp.float32(-5.0)) == 0.1
-  assert jax.jit(jaxmask.percentile)(x, jnp.float32(250.0)) == 0.9
+  percentile = jax.jit(jaxmask.percentile)
+  masks = jax.jit(lambda x, q: jaxmask.confidence_masks(x, q=q, keep="high"))
+  logits = jnp.log(jnp.array([[0.2, 0.8], [0.6, 0.4]]))
+  for q in (-5.0, -1e-6, 100.001, 250.0, np.nan, np.inf):
+    assert np.isnan(percentile(x, jnp.float32(q))), q
+    mask, thr = jaxmask.percentile_mask(x, q=jnp.float32(q))
+    assert np.isnan(thr) and not mask.any(), q
+    out = masks(logits, jnp.float32(q))
+    assert np.isnan(out.threshold) and not out.mask.any(), q
+    assert np.isnan(out.class_threshold) and not out.class_mask.any(), q
+  for q in (0.0, 100.0):  # the ends are in range
+    assert percentile(x, jnp.float32(q)) == np.percentile(np.asarray(x), q)
 
 
-@pytest.mark.parametrize("q", [-1, 100.5, float("nan")])
+@pytest.mark.parametrize("q", [-1, -10, 100.5, 150, float("nan"),
+                               float("inf"), np.float32(-3.0)])
 def test_q_out_of_range_is_rejected(q):
-  with pytest.raises(ValueError, match="q must lie in"):
-    jaxmask.percentile_mask(jnp.ones(3), q=q)
+  for call in (lambda: jaxmask.percentile(jnp.ones(3), q),
+               lambda: jaxmask.percentile_mask(jnp.ones(3), q=q),
+               lambda: jaxmask.confidence_masks(jnp.ones((2, 3)), q=q)):
+    with pytest.raises(ValueError, match=r"q must lie in \[0, 100\]"):
+      call()
 
 
 @pytest.mark.parametrize("q", ["50", None, True, jnp.ones(2)])
@@ -96,11 +110,14 @@ def test_q_of_wrong_type_is_rejected(q):
 
 
 def test_bad_values():
-  with pytest.raises(ValueError, match=r"values must have shape \[n\]"):
-    jaxmask.percentile_mask(jnp.ones((2, 3)))
-  with pytest.raises(ValueError, match="at least one"):
-    jaxmask.percentile_mask(jnp.ones((0,)))
-  with pytest.raises(TypeError, match="values must be floating"):
-    jaxmask.percentile_mask(jnp.arange(3))
+  for fn in (lambda v: jaxmask.percentile(v, 50), jaxmask.percentile_mask):
+    with pytest.raises(ValueError, match=r"values must have shape \[n\]"):
+      fn(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="values must hold at least one"):
+      fn(jnp.ones((0,)))
+    with pytest.raises(TypeError, match="values must have a floating dtype"):
+      fn(jnp.arange(3))
+    with pytest.raises(TypeError, match=r"values must be an array of shape"):
+      fn([0.1, 0.2])
   with pytest.raises(ValueError, match="keep must be one of"):
     jaxmask.percentile_mask(jnp.ones(3), keep="middle")

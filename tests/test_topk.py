@@ -1,4 +1,10 @@
-"""`top_k_indices` selects exactly `lax.top_k`'s set, on every path."""
+"""`top_k_indices` selects exactly `lax.top_k`'s set, on every implementation.
+
+Public cases run over the plain algorithm (`lax.top_k`) and the XLA:CPU kernel
+(`jaxmask._src.xla_cpu.topk`); the kernel's bracket, tie and fallback logic is
+also driven directly through its entry point `bracket_select` with small
+sizes.
+"""
 
 import chex
 import jax
@@ -8,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxmask
-from jaxmask._src import topk
+from jaxmask._src.xla_cpu import topk
 
 NAN = np.float32("nan")
 INF = np.float32("inf")
@@ -43,16 +49,24 @@ def _assert_same_set(got, scores, k):
   np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
 
 
-def _select(scores, k, sample_size, num_thresholds, buffer_size):
-  return jax.jit(lambda s: topk._select(
+def _bracket_select(scores, k, sample_size, num_thresholds, buffer_size):
+  return jax.jit(lambda s: topk.bracket_select(
       s, k, sample_size=sample_size, num_thresholds=num_thresholds,
       buffer_size=buffer_size))(scores)
 
 
-def test_public_cpu_path_equals_lax_top_k():
-  x = _rows(4096)  # the smallest M that takes the selection path on CPU
-  _assert_same_set(jax.jit(lambda s: jaxmask.top_k_indices(s, 1024))(x), x,
-                   1024)
+@pytest.mark.parametrize("k", [1, 1024, 4095])
+def test_public_function_equals_lax_top_k(implementation, k):
+  x = _rows(4096)  # the smallest M that takes the kernel's selection path
+  got = jax.jit(lambda s: jaxmask.top_k_indices(
+      s, k=k, implementation=implementation))(x)
+  _assert_same_set(got, x, k)
+
+
+def test_default_implementation_equals_lax_top_k():
+  x = _rows(4096, seed=1)
+  _assert_same_set(jax.jit(lambda s: jaxmask.top_k_indices(s, k=700))(x), x,
+                   700)
 
 
 @pytest.mark.parametrize("m,k,sizes", [
@@ -63,8 +77,8 @@ def test_public_cpu_path_equals_lax_top_k():
 ])
 def test_selection_on_small_rows(m, k, sizes):
   x = _rows(m, seed=m + k)
-  sizes = sizes or topk._default_sizes(m, k)
-  _assert_same_set(_select(x, k, *sizes), x, k)
+  sizes = sizes or topk.default_sizes(m, k)
+  _assert_same_set(_bracket_select(x, k, *sizes), x, k)
 
 
 def test_buffer_overflow_falls_back_to_lax_top_k():
@@ -74,9 +88,9 @@ def test_buffer_overflow_falls_back_to_lax_top_k():
   want = np.asarray(lax.top_k(x, k)[1])
   # The fallback returns lax.top_k's order (decreasing values), which the
   # bitmask compaction does not.
-  overflow = np.asarray(_select(x, k, 64, 10, 8))
+  overflow = np.asarray(_bracket_select(x, k, 64, 10, 8))
   np.testing.assert_array_equal(overflow, want)
-  fast = np.asarray(_select(x, k, *topk._default_sizes(512, k)))
+  fast = np.asarray(_bracket_select(x, k, *topk.default_sizes(512, k)))
   assert not np.array_equal(fast, want)
   _assert_same_set(fast, x, k)
 
@@ -86,51 +100,53 @@ def test_tie_cut_keeps_lowest_indices():
   x = np.zeros((2, m), np.float32)
   x[0, ::3] = 1.0  # 171 ties at 1.0: the 100 lowest indices are kept
   x[1, 7] = 2.0  # 1 above, then 99 of 511 ties
-  got = np.asarray(_select(x, k, *topk._default_sizes(m, k)))
+  got = np.asarray(_bracket_select(x, k, *topk.default_sizes(m, k)))
   np.testing.assert_array_equal(np.sort(got[0]), np.arange(0, 300, 3))
   np.testing.assert_array_equal(np.sort(got[1]), np.arange(100))
 
 
-def test_trivial_k_and_both_platform_paths():
+def test_trivial_and_small_k(implementation):
   x = _rows(64)
   for k in (0, 64):
-    got = jaxmask.top_k_indices(x, k)
+    got = jaxmask.top_k_indices(x, k=k, implementation=implementation)
     assert got.shape == (x.shape[0], k) and got.dtype == jnp.int32
     _assert_same_set(got, x, k)
-  for k in (1, 17, 63):
-    _assert_same_set(jaxmask.top_k_indices(x, k), x, k)  # lax.top_k (M small)
-    _assert_same_set(topk._portable(x, k), x, k)
-    _assert_same_set(topk._cpu(x, k), x, k)
+  for k in (1, 17, 63):  # rows this short: the kernel hands over to lax.top_k
+    _assert_same_set(
+        jaxmask.top_k_indices(x, k=k, implementation=implementation), x, k)
 
 
 def test_low_precision_and_empty_batch():
   x = _rows(300)
   y = jnp.asarray(x, jnp.bfloat16)
-  _assert_same_set(_select(y, 75, *topk._default_sizes(300, 75)), y, 75)
-  assert _select(x[:0], 75, *topk._default_sizes(300, 75)).shape == (0, 75)
+  _assert_same_set(_bracket_select(y, 75, *topk.default_sizes(300, 75)), y, 75)
+  assert _bracket_select(x[:0], 75, *topk.default_sizes(300, 75)).shape == (0, 75)
 
 
-def test_vmap_jit_and_no_retrace():
+def test_vmap_jit_and_no_retrace(implementation):
   x = np.stack([_rows(4096, seed) for seed in range(2)])
+  chex.clear_trace_counter()  # counts per function body, across parameters
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def batched(s):
-    return jax.vmap(lambda r: jaxmask.top_k_indices(r, 1000))(s)
+    return jax.vmap(lambda r: jaxmask.top_k_indices(
+        r, k=1000, implementation=implementation))(s)
 
   for scale in (1.0, 2.0):
     got = np.asarray(batched(x * scale))
     for row_block, want in zip(got, x * scale):
       _assert_same_set(row_block, want, 1000)
   # Nested vmap down to single rows stacks them back into one batch.
-  per_row = jax.jit(jax.vmap(jax.vmap(
-      lambda r: jaxmask.top_k_indices(r[None], 1000)[0])))
+  per_row = jax.jit(jax.vmap(jax.vmap(lambda r: jaxmask.top_k_indices(
+      r[None], k=1000, implementation=implementation)[0])))
   np.testing.assert_array_equal(per_row(x), batched(x))
 
 
-def test_no_gradient_through_indices():
+def test_no_gradient_through_indices(implementation):
   def loss(s):
-    return jnp.take_along_axis(s, jaxmask.top_k_indices(s, 3), axis=1).sum()
+    index = jaxmask.top_k_indices(s, k=3, implementation=implementation)
+    return jnp.take_along_axis(s, index, axis=1).sum()
 
   x = jnp.asarray([[0.5, 3.0, -1.0, 2.0, 1.0]])
   np.testing.assert_array_equal(jax.grad(loss)(x), [[0, 1, 0, 1, 1]])
@@ -138,14 +154,18 @@ def test_no_gradient_through_indices():
 
 def test_bad_input():
   x = jnp.zeros((2, 8))
-  with pytest.raises(ValueError, match="rows, M"):
-    jaxmask.top_k_indices(jnp.zeros(8), 1)
-  with pytest.raises(TypeError, match="floating"):
-    jaxmask.top_k_indices(jnp.zeros((2, 8), jnp.int32), 1)
+  with pytest.raises(ValueError, match=r"scores must have shape \[rows, M\]"):
+    jaxmask.top_k_indices(jnp.zeros(8), k=1)
+  with pytest.raises(TypeError, match="scores must have a floating dtype"):
+    jaxmask.top_k_indices(jnp.zeros((2, 8), jnp.int32), k=1)
   for k in (-1, 9):
     with pytest.raises(ValueError, match="k must lie"):
-      jaxmask.top_k_indices(x, k)
+      jaxmask.top_k_indices(x, k=k)
   for k in (True, 2.0, "2"):
-    with pytest.raises(TypeError, match="k must be an int"):
-      jaxmask.top_k_indices(x, k)
-  assert jaxmask.top_k_indices(x, np.int64(3)).shape == (2, 3)
+    with pytest.raises(TypeError, match="k must be a Python int"):
+      jaxmask.top_k_indices(x, k=k)
+  with pytest.raises(TypeError, match="positional"):
+    jaxmask.top_k_indices(x, 3)  # pylint: disable=too-many-function-args
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    jaxmask.top_k_indices(x, k=3, implementation="gpu")
+  assert jaxmask.top_k_indices(x, k=np.int64(3)).shape == (2, 3)

@@ -1,4 +1,4 @@
-"""Confidence masks, transcribed from the seed (MLKD's `forward_train`)."""
+"""Confidence masks, transcribed from MLKD's released code (`forward_train` in `mdistiller/distillers/KD_ours.py`)."""
 
 from typing import NamedTuple
 
@@ -19,7 +19,7 @@ class ConfidenceMasks(NamedTuple):
 
 
 def confidence_masks(logits, q=50.0, keep="low"):
-  """The seed's masks; `q` and `keep="high"` (`ge` for `le`) are jaxmask's options."""
+  """MLKD's masks; `q` and `keep="high"` (`ge` for `le`) are jaxmask's options."""
   pred_teacher_weak = F.softmax(logits.detach(), dim=1)
   confidence, pseudo_labels = pred_teacher_weak.max(dim=1)
   confidence = confidence.detach()

@@ -29,7 +29,7 @@ def calculate_uncertainty(logits):
 
 def select_uncertain_points(logits, candidates, *, num_uncertain,
                             uncertainty_fn=calculate_uncertainty):
-  """Top-k of the sampled uncertainty, gathered with the seed's flat shift."""
+  """Top-k of the sampled uncertainty, gathered with Mask2Former's flat shift."""
   num_boxes, num_candidates = candidates.shape[:2]
   uncertainties = uncertainty_fn(point_sample(logits, candidates))
   idx = torch.topk(uncertainties[:, 0, :], k=num_uncertain, dim=1)[1]

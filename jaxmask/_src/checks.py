@@ -1,9 +1,16 @@
 """Argument validation: one argument order `(value, name, ...)`, one wording.
 
-Every check runs at trace time, on shapes, dtypes and Python options, and
-raises a `TypeError` (wrong kind of thing) or `ValueError` (right kind, wrong
-shape or range) whose message names the argument and says what was expected.
-Values are never inspected here: a traced array has none.
+The rule, for every public function:
+
+- Shapes, dtypes and Python options are checked at trace time and raise a
+  `TypeError` (wrong kind of thing) or `ValueError` (right kind, wrong shape
+  or range) whose message names the argument and says what was expected.
+- Values whose range matters (a temperature, a normaliser, labels in [0, 1])
+  are checked when they are concrete: Python and NumPy numbers and arrays,
+  and JAX arrays outside a trace (an eager call). Checking a JAX array reads
+  it back to the host, which only eager calls do.
+- A traced value has no value at trace time: out of range, it makes the
+  result NaN (`nan_unless`), never a silently wrong number.
 """
 
 import math
@@ -13,6 +20,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 # TPUs would otherwise multiply float32 matrices in bfloat16.
 HIGHEST = lax.Precision.HIGHEST
@@ -93,3 +101,73 @@ def percentile_q(q) -> None:
 
 Keep = Literal["low", "high"]
 KEEP = ("low", "high")
+
+
+def concrete(x) -> np.ndarray | None:
+  """`x`'s value if it is known now (not traced), else None."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(x)
+  except (TypeError, ValueError, jax.errors.JAXTypeError):
+    return None
+
+
+def scalar(x, name: str) -> jax.Array:
+  """`x` as a real scalar array (a number or a `[]` array); no bools."""
+  if isinstance(x, (bool, np.bool_)) or isinstance(x, (str, bytes)) or x is None:
+    raise TypeError(f"{name} must be a real number, got {x!r}.")
+  try:
+    x = jnp.asarray(x)
+  except TypeError:
+    raise TypeError(
+        f"{name} must be a real number, got {type(x).__name__}.") from None
+  if x.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {x.shape}.")
+  if not (jnp.issubdtype(x.dtype, jnp.integer)
+          or jnp.issubdtype(x.dtype, jnp.floating)):
+    raise TypeError(f"{name} must be a real number, got dtype {x.dtype}.")
+  return x
+
+
+def positive(x, name: str) -> tuple[jax.Array, jax.Array | bool]:
+  """A finite scalar > 0: `(x, ok)`, concrete values checked now.
+
+  `ok` is True for a concrete (checked) value and a traced boolean for a
+  traced one, for the caller's `nan_unless`.
+  """
+  x = scalar(x, name)
+  value = concrete(x)
+  if value is not None:
+    if not (np.isfinite(value) and value > 0):
+      raise ValueError(
+          f"{name} must be a finite number > 0, got {value.item()!r}.")
+    return x, True
+  return x, jnp.isfinite(x) & (x > 0)
+
+
+def unit_interval(x: jax.Array, name: str) -> jax.Array | bool:
+  """Values in [0, 1] (or NaN): concrete arrays checked now.
+
+  Returns True for a concrete (checked) array and, for a traced one, a
+  traced boolean that is False if any value lies outside [0, 1].
+  """
+  if x.dtype == jnp.bool_:
+    return True
+  value = concrete(x)
+  if value is not None:
+    outside = (value < 0) | (value > 1)
+    if outside.any():
+      raise ValueError(
+          f"{name} must hold values in [0, 1], got values from"
+          f" {value[outside].min()!r} to {value[outside].max()!r} outside it"
+          " (0/255 masks: pass `masks > 127`).")
+    return True
+  return ~jnp.any((x < 0) | (x > 1))
+
+
+def nan_unless(ok, x: jax.Array) -> jax.Array:
+  """`x` where `ok`, NaN elsewhere (`ok` True: `x` itself)."""
+  if ok is True:
+    return x
+  return jnp.where(ok, x, jnp.asarray(jnp.nan, x.dtype))

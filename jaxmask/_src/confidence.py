@@ -110,10 +110,12 @@ def confidence_masks(
     A `ConfidenceMasks` (shapes in its field comments).
 
   Example:
-    >>> out = jaxmask.confidence_masks(logits)            # [64, 10] logits
-    >>> out.mask.shape, out.class_mask.shape
-    ((64,), (10,))
-    >>> jax.vmap(jaxmask.confidence_masks)(logits[None])  # a leading axis
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    >>> out = jaxmask.confidence_masks(logits)  # q=50, keep="low"
+    >>> out.pseudo_labels, out.mask  # confidence 0.88, 0.5, 0.95; median 0.88
+    (Array([0, 0, 1], dtype=int32), Array([ True,  True, False], dtype=bool))
+    >>> jax.vmap(jaxmask.confidence_masks)(logits[None]).mask.shape  # batched
+    (1, 3)
   """
   logits = jnp.asarray(logits)
   checks.rank(logits, "logits", "[batch, num_classes]")

@@ -25,6 +25,10 @@ def _check_pair(student_logits, teacher_logits):
   for name, x in (("student_logits", s), ("teacher_logits", t)):
     checks.rank(x, name, "[batch, num_classes]")
     checks.floating(x, name)
+    if 0 in x.shape:  # a mean over no samples or classes has no value
+      raise ValueError(
+          f"{name} must have shape [batch, num_classes] with batch >= 1 and"
+          f" num_classes >= 1, got {x.shape}.")
   if s.shape != t.shape:
     raise ValueError("student_logits and teacher_logits must have the same "
                      f"shape, got {s.shape} and {t.shape}.")
@@ -33,8 +37,20 @@ def _check_pair(student_logits, teacher_logits):
 
 
 def _check_temperature(temperature):
-  if isinstance(temperature, numbers.Real) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  """`(T, ok)`: a concrete T must be finite and > 0; a traced one NaNs."""
+  return checks.positive(temperature, "temperature")
+
+
+def _kl_terms(p_t: jax.Array, log_p_t: jax.Array,
+              log_p_s: jax.Array) -> jax.Array:
+  """`p_t (log p_t - log p_s)`, 0 where `p_t` is 0 (also for `log p_s = -inf`).
+
+  Written with a safe inner `where`, so that a class both logits mask out
+  with -inf has neither a NaN value nor a NaN gradient.
+  """
+  present = p_t > 0
+  diff = jnp.where(present, log_p_t - log_p_s, 0)
+  return jnp.where(present, p_t * diff, 0)
 
 
 def _check_mask(name, mask, size):
@@ -65,22 +81,32 @@ def kd_loss(
   Args:
     student_logits: `[batch, num_classes]`.
     teacher_logits: `[batch, num_classes]`; gradients flow into both inputs.
-    temperature: `T > 0`.
+    temperature: `T`, a finite number > 0 (checked when concrete; a traced
+      `T` that is not gives a NaN loss).
     mask: optional `[batch]` bool or float sample weights.
 
   Returns:
-    A scalar (float32, or float64 for float64 inputs).
+    A scalar (float32, or float64 for float64 inputs). A class whose
+    teacher probability is 0 (e.g. both logits -inf, a masked-out class)
+    adds 0, with a finite gradient.
+
+  Example:
+    >>> teacher = jnp.array([[0.0, 2.0], [1.0, 1.0]])
+    >>> student = jnp.zeros((2, 2))  # uniform predictions
+    >>> loss = jaxmask.kd_loss(student, teacher, temperature=1.0)
+    >>> round(float(loss), 4)  # mean of log 2 - entropy(softmax([0, 2])) and 0
+    0.1639
   """
   s, t = _check_pair(student_logits, teacher_logits)
-  _check_temperature(temperature)
+  temperature, ok = _check_temperature(temperature)
   mask = _check_mask("mask", mask, s.shape[0])
   log_p_s = jax.nn.log_softmax(s / temperature, axis=-1)
-  p_t = jax.nn.softmax(t / temperature, axis=-1)
-  kl = jax.scipy.special.xlogy(p_t, p_t) - p_t * log_p_s  # 0 where p_t == 0
+  log_p_t = jax.nn.log_softmax(t / temperature, axis=-1)
+  kl = _kl_terms(jnp.exp(log_p_t), log_p_t, log_p_s)
   per_sample = jnp.sum(kl, axis=-1) * temperature**2
   if mask is not None:
     per_sample = per_sample * mask
-  return jnp.mean(per_sample)
+  return checks.nan_unless(ok, jnp.mean(per_sample))
 
 
 def _correlation_loss(s, t, temperature, mask, gram):
@@ -109,17 +135,26 @@ def class_correlation_loss(
   Args:
     student_logits: `[batch, C]`.
     teacher_logits: `[batch, C]`.
-    temperature: `T > 0`.
+    temperature: `T`, a finite number > 0 (checked when concrete; a traced
+      `T` that is not gives a NaN loss).
     class_mask: optional `[C]` bool or float class weights.
 
   Returns:
     A scalar.
+
+  Example:
+    >>> teacher = jnp.array([[9.0, -9.0], [-9.0, 9.0]])  # P_t ~ identity
+    >>> student = jnp.zeros((2, 2))  # P_s = 0.5 everywhere, so G_s = 0.5 too
+    >>> loss = jaxmask.class_correlation_loss(student, teacher, temperature=1.0)
+    >>> round(float(loss), 4)  # sum((I - 0.5)**2) / C = 1 / 2
+    0.5
   """
   s, t = _check_pair(student_logits, teacher_logits)
-  _check_temperature(temperature)
+  temperature, ok = _check_temperature(temperature)
   class_mask = _check_mask("class_mask", class_mask, s.shape[1])
   gram = lambda p: jnp.matmul(p.T, p, precision=_HIGHEST)
-  return _correlation_loss(s, t, temperature, class_mask, gram)
+  return checks.nan_unless(
+      ok, _correlation_loss(s, t, temperature, class_mask, gram))
 
 
 def batch_correlation_loss(
@@ -139,17 +174,26 @@ def batch_correlation_loss(
   Args:
     student_logits: `[batch, C]`.
     teacher_logits: `[batch, C]`.
-    temperature: `T > 0`.
+    temperature: `T`, a finite number > 0 (checked when concrete; a traced
+      `T` that is not gives a NaN loss).
     mask: optional `[batch]` bool or float sample weights.
 
   Returns:
     A scalar.
+
+  Example:
+    >>> teacher = jnp.array([[9.0, -9.0], [-9.0, 9.0]])  # P_t ~ identity
+    >>> student = jnp.zeros((2, 2))  # P_s = 0.5 everywhere, so G_s = 0.5 too
+    >>> loss = jaxmask.batch_correlation_loss(student, teacher, temperature=1.0)
+    >>> round(float(loss), 4)  # sum((I - 0.5)**2) / batch = 1 / 2
+    0.5
   """
   s, t = _check_pair(student_logits, teacher_logits)
-  _check_temperature(temperature)
+  temperature, ok = _check_temperature(temperature)
   mask = _check_mask("mask", mask, s.shape[0])
   gram = lambda p: jnp.matmul(p, p.T, precision=_HIGHEST)
-  return _correlation_loss(s, t, temperature, mask, gram)
+  return checks.nan_unless(
+      ok, _correlation_loss(s, t, temperature, mask, gram))
 
 
 class MLKDLoss(NamedTuple):
@@ -221,9 +265,18 @@ def mlkd_loss(
 
   Returns:
     An `MLKDLoss`; `.total` is `kd + cc + bc`.
+
+  Example:
+    >>> teacher = jnp.array([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    >>> student = jnp.zeros((3, 2))
+    >>> loss = jaxmask.mlkd_loss(student, student, teacher, teacher)
+    >>> loss.mask, loss.class_mask  # the low-confidence samples and classes
+    (Array([ True,  True, False], dtype=bool), Array([ True, False], dtype=bool))
+    >>> round(float(loss.total), 3)
+    4.226
   """
   checks.one_of(mode, "mode", _MODES)
-  _check_temperature(temperature)
+  _check_temperature(temperature)  # each loss NaNs a traced T <= 0 itself
   s_w, t_w = _check_pair(student_weak, teacher_weak)
   s_s, t_s = _check_pair(student_strong, teacher_strong)
   if s_w.shape != s_s.shape:

@@ -196,8 +196,8 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
   Example:
     >>> logits = jnp.array([[9.0, -9.0], [-9.0, 9.0]])  # 2 queries
     >>> labels = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # 2 targets
-    >>> jaxmask.pairwise_dice_loss(logits, labels).round(3)
-    Array([[0.   , 0.667],
+    >>> np.asarray(jaxmask.pairwise_dice_loss(logits, labels)).round(3)
+    array([[0.   , 0.667],
            [0.667, 0.   ]], dtype=float32)
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)

@@ -217,7 +217,7 @@ def _scorer(uncertainty_fn: UncertaintyFn):
   return score
 
 
-def _select(logits, candidates, num_uncertain, score):
+def _most_uncertain(logits, candidates, num_uncertain, score):
   """The plain selection: `lax.top_k` of the scores, most uncertain first."""
   scores = score(_point_sample(logits, candidates))
   index = lax.top_k(scores, num_uncertain)[1]
@@ -284,7 +284,7 @@ def select_uncertain_points(
   score = _scorer(uncertainty_fn)
   return impl.choose(
       implementation,
-      plain=lambda l, c: _select(l, c, num_uncertain, score),
+      plain=lambda l, c: _most_uncertain(l, c, num_uncertain, score),
       xla_cpu=lambda l, c: xla_cpu_selection.select_uncertain_points(
           l, c, num_uncertain, score),
       operands=(lax.stop_gradient(logits), lax.stop_gradient(candidates)))
@@ -375,7 +375,7 @@ def sample_points_using_uncertainty(
     candidate_key, fresh_key = jax.random.split(key)
     candidates = jax.random.uniform(candidate_key,
                                     (num_masks, num_candidates, 2))
-    uncertain = _select(logits, candidates, num_uncertain, score)
+    uncertain = _most_uncertain(logits, candidates, num_uncertain, score)
     fresh = jax.random.uniform(fresh_key, (num_masks, num_fresh, 2))
     return jnp.concatenate([uncertain, fresh], axis=1)
 

@@ -65,7 +65,7 @@ def _unrolled_uniform(key_words: jax.Array, shape: tuple[int, ...],
   return lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
 
 
-def draws_rows(key: jax.Array, shape: tuple[int, ...]) -> bool:
+def can_draw_rows(key: jax.Array, shape: tuple[int, ...]) -> bool:
   """Whether the unrolled hash can draw `uniform(key, shape)` (and its rows)."""
   return (_threefry_key(key) is not None
           and jax.config.jax_threefry_partitionable
@@ -76,7 +76,7 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
                  first_row: jax.Array | int) -> jax.Array:
   """Rows `first_row, ...` of `uniform(key, (R, *shape[1:]))`, for any R.
 
-  Only where `draws_rows(key, (R, *shape[1:]))`. The draw is materialised: fused into a gathering consumer the hash runs ~8x
+  Only where `can_draw_rows(key, (R, *shape[1:]))`. The draw is materialised: fused into a gathering consumer the hash runs ~8x
   slower.
   """
   row_size = math.prod(shape[1:])
@@ -87,6 +87,6 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
 
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
-  if not draws_rows(key, shape):
+  if not can_draw_rows(key, shape):
     return jax.random.uniform(key, shape)
   return uniform_rows(key, shape, 0)

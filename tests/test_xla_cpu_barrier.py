@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmask._src import barrier
+from jaxmask._src.xla_cpu import barrier
 
 
 _CASES = ([(d, v) for d in (jnp.float32, jnp.bfloat16)
