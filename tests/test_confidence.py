@@ -47,8 +47,8 @@ def _assert_masks_match_numpy(out, logits, q=50.0, keep="low"):
         tol=_rules.ulps(thr_want))
 
 
-def test_fields_shapes_and_dtypes():
-  out = jaxmask.confidence_masks(_logits(6, 4))
+def test_fields_shapes_and_dtypes(variant):
+  out = variant(jaxmask.confidence_masks)(_logits(6, 4))
   assert out._fields == ("probs", "confidence", "pseudo_labels", "threshold",
                          "mask", "class_confidence", "class_threshold",
                          "class_mask")
@@ -62,9 +62,9 @@ def test_fields_shapes_and_dtypes():
 
 @pytest.mark.parametrize("keep", ["low", "high"])
 @pytest.mark.parametrize("batch,classes", [(1, 3), (4, 5), (7, 10), (64, 100)])
-def test_matches_numpy_oracle(batch, classes, keep):
+def test_matches_numpy_oracle(variant, batch, classes, keep):
   x = _logits(batch, classes, seed=batch)
-  out = jaxmask.confidence_masks(x, keep=keep)
+  out = variant(jaxmask.confidence_masks, keep=keep)(x)
   conf, _, class_conf, *_ = _numpy_masks(x, keep=keep)
   np.testing.assert_allclose(out.confidence, conf, rtol=1e-6)
   np.testing.assert_allclose(out.class_confidence, class_conf, rtol=1e-5)

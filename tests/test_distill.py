@@ -31,12 +31,24 @@ def test_positive_and_finite_for_extreme_logits(loss):
   assert np.isfinite(loss(s * 1e9, t * 1e9, temperature=2.0))
 
 
-def test_kd_loss_definition():
+def _np_softmax(x):
+  e = np.exp(x - x.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_definitions_under_every_variant(variant):
+  """kd, cc and bc against float64 NumPy formulas, eager / jit / vmap."""
   s, t, *_ = _views()
   T = 3.0
-  p_t = jax.nn.softmax(t / T)
-  want = T**2 * np.mean(np.sum(p_t * (np.log(p_t) - jax.nn.log_softmax(s / T)), 1))
-  np.testing.assert_allclose(jaxmask.kd_loss(s, t, temperature=T), want, rtol=1e-6)
+  p_s = _np_softmax(np.asarray(s, np.float64) / T)
+  p_t = _np_softmax(np.asarray(t, np.float64) / T)
+  kd = T**2 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), 1))
+  cc = np.sum((p_t.T @ p_t - p_s.T @ p_s) ** 2) / p_t.shape[1]
+  bc = np.sum((p_t @ p_t.T - p_s @ p_s.T) ** 2) / p_t.shape[0]
+  for loss, want in ((jaxmask.kd_loss, kd), (jaxmask.class_correlation_loss, cc),
+                     (jaxmask.batch_correlation_loss, bc)):
+    got = variant(loss, temperature=T)(s, t)
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=loss.__name__)
 
 
 def test_masks_zero_the_unselected_terms():

@@ -20,6 +20,16 @@ def _batches(n, rng):
   return x.astype(np.float32)
 
 
+@pytest.mark.parametrize("q", [0, 33.3, 50, 99.9])
+def test_percentile_and_mask_under_every_variant(variant, q):
+  x = _batches(65, np.random.default_rng(3))[5]
+  want = np.percentile(x, q)
+  np.testing.assert_array_equal(variant(jaxmask.percentile, q=q)(x), want)
+  mask, thr = variant(jaxmask.percentile_mask, q=q, keep="high")(x)
+  np.testing.assert_array_equal(thr, want)
+  np.testing.assert_array_equal(mask, x >= want)
+
+
 def test_static_q_equals_numpy_bit_for_bit():
   rng = np.random.default_rng(0)
   # One compilation per size computes every q (each q is static).

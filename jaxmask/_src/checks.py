@@ -150,20 +150,31 @@ def unit_interval(x: jax.Array, name: str) -> jax.Array | bool:
   """Values in [0, 1] (or NaN): concrete arrays checked now.
 
   Returns True for a concrete (checked) array and, for a traced one, a
-  traced boolean that is False if any value lies outside [0, 1].
+  traced boolean that is False if any value lies outside [0, 1]. A concrete
+  JAX array is reduced on its device; only the verdict is read back.
   """
-  if x.dtype == jnp.bool_:
+  if x.dtype == jnp.bool_ or 0 in x.shape:
     return True
-  value = concrete(x)
-  if value is not None:
-    outside = (value < 0) | (value > 1)
-    if outside.any():
-      raise ValueError(
-          f"{name} must hold values in [0, 1], got values from"
-          f" {value[outside].min()!r} to {value[outside].max()!r} outside it"
-          " (0/255 masks: pass `masks > 127`).")
+  inside = ~jnp.any((x < 0) | (x > 1))
+  if isinstance(inside, jax.core.Tracer):
+    return inside
+  if not bool(inside):
+    raise ValueError(
+        f"{name} must hold values in [0, 1], got values from"
+        f" {jnp.min(x).item()!r} to {jnp.max(x).item()!r}"
+        " (for 0/255 masks pass `masks > 127`).")
+  return True
+
+
+def all_ok(*oks):
+  """The conjunction of `ok` flags: True, or a traced boolean."""
+  traced = [ok for ok in oks if ok is not True]
+  if not traced:
     return True
-  return ~jnp.any((x < 0) | (x > 1))
+  out = traced[0]
+  for ok in traced[1:]:
+    out = out & ok
+  return out
 
 
 def nan_unless(ok, x: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@ References:
   Kirillov et al., "PointRend: Image Segmentation as Rendering", CVPR 2020.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -48,18 +49,19 @@ def _check_points(logits: jax.Array, labels: jax.Array, pairwise: bool) -> None:
                      f" num_points], got {logits.shape} and {labels.shape}.")
 
 
-def _check_num_masks(num_masks: jax.Array) -> None:
-  if num_masks.ndim != 0:
-    raise ValueError(f"num_masks must be a scalar, got shape {num_masks.shape}.")
-
-
 def _per_mask_inputs(logits, labels, num_masks):
-  """Validates `[num_masks, num_points]` inputs; returns them in float32+."""
+  """Validated `[num_masks, num_points]` inputs in float32+, and `ok`.
+
+  `ok` is False (traced) where a traced `num_masks` is not a finite number
+  > 0 or traced labels leave [0, 1]: the loss is then NaN. Concrete values
+  are checked here and raise.
+  """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  num_masks = jnp.asarray(num_masks)
   _check_points(logits, labels, pairwise=False)
-  _check_num_masks(num_masks)
-  return _upcast(logits), _upcast(labels), num_masks
+  num_masks, num_ok = checks.positive(num_masks, "num_masks")
+  labels_ok = checks.unit_interval(labels, "labels")
+  return (_upcast(logits), _upcast(labels), num_masks,
+          checks.all_ok(num_ok, labels_ok))
 
 
 def _bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -95,9 +97,12 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
     >>> jaxmask.sigmoid_ce_loss(logits, jnp.array([[1.0, 0.0]]), 1.0)
     Array(0.6931472, dtype=float32)
   """
-  logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
-  loss = _bce_with_logits(logits, labels)
-  return loss.mean(axis=1).sum() / num_masks
+  logits, labels, num_masks, ok = _per_mask_inputs(logits, labels, num_masks)
+  return checks.nan_unless(ok, _sigmoid_ce(logits, labels, num_masks))
+
+
+def _sigmoid_ce(logits, labels, num_masks):
+  return _bce_with_logits(logits, labels).mean(axis=1).sum() / num_masks
 
 
 def dice_loss(logits: jax.typing.ArrayLike,
@@ -135,7 +140,11 @@ def dice_loss(logits: jax.typing.ArrayLike,
     ...                               1.0)), 4)
     0.0108
   """
-  logits, labels, num_masks = _per_mask_inputs(logits, labels, num_masks)
+  logits, labels, num_masks, ok = _per_mask_inputs(logits, labels, num_masks)
+  return checks.nan_unless(ok, _dice(logits, labels, num_masks))
+
+
+def _dice(logits, labels, num_masks):
   probs = jax.nn.sigmoid(logits)
   numerator = 2 * (probs * labels).sum(axis=-1)
   denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
@@ -169,12 +178,14 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_points(logits, labels, pairwise=True)
+  ok = checks.unit_interval(labels, "labels")
   logits, labels = _upcast(logits), _upcast(labels)
   num_points = logits.shape[1]
   pos = _bce_with_logits(logits, jnp.ones_like(logits)) / num_points
   neg = _bce_with_logits(logits, jnp.zeros_like(logits)) / num_points
-  return (jnp.matmul(pos, labels.T, precision=_HIGHEST)
-          + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
+  return checks.nan_unless(
+      ok, jnp.matmul(pos, labels.T, precision=_HIGHEST)
+      + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
 
 
 def pairwise_dice_loss(logits: jax.typing.ArrayLike,
@@ -202,11 +213,12 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_points(logits, labels, pairwise=True)
+  ok = checks.unit_interval(labels, "labels")
   probs = jax.nn.sigmoid(_upcast(logits))
   labels = _upcast(labels)
   numerator = 2 * jnp.matmul(probs, labels.T, precision=_HIGHEST)
   denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
-  return 1 - (numerator + 1) / (denominator + 1)
+  return checks.nan_unless(ok, 1 - (numerator + 1) / (denominator + 1))
 
 
 def point_mask_losses(
@@ -263,9 +275,29 @@ def point_mask_losses(
   checks.floating(pred_masks, "pred_masks")
   checks.same_size(pred_masks, target_masks, 0,
                    ("pred_masks", "target_masks"), "num_masks (first axis)")
+  num_masks, num_ok = checks.positive(num_masks, "num_masks")
+  ok = checks.all_ok(num_ok, checks.unit_interval(target_masks,
+                                                   "target_masks"))
   if not jnp.issubdtype(target_masks.dtype, jnp.floating):
     target_masks = target_masks.astype(pred_masks.dtype)
+  num_points, oversample_ratio, importance_sample_ratio = (
+      sampling.check_sampling_options(key, num_points, oversample_ratio,
+                                      importance_sample_ratio, implementation))
+  return _point_mask_losses_core(
+      key, pred_masks, target_masks, num_masks, jnp.asarray(ok),
+      num_points=num_points, oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio,
+      implementation=implementation)
 
+
+# Jitted (sizes and options static) so that eager calls with unchanged shapes
+# reuse one compiled program; under an outer jit it inlines.
+@functools.partial(jax.jit, static_argnames=(
+    "num_points", "oversample_ratio", "importance_sample_ratio",
+    "implementation"))
+def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
+                            num_points, oversample_ratio,
+                            importance_sample_ratio, implementation):
   pred_masks = pred_masks[:, None]
   point_coords = sampling.sample_points_using_uncertainty(
       key, pred_masks, num_points=num_points,
@@ -277,9 +309,11 @@ def point_mask_losses(
       implementation=implementation)[:, 0])
   point_logits = sampling.point_sample(
       pred_masks, point_coords, implementation=implementation)[:, 0]
+  point_logits, point_labels = _upcast(point_logits), _upcast(point_labels)
   return PointMaskLosses(
-      sigmoid_ce_loss(point_logits, point_labels, num_masks),
-      dice_loss(point_logits, point_labels, num_masks))
+      checks.nan_unless(ok, _sigmoid_ce(point_logits, point_labels,
+                                        num_masks)),
+      checks.nan_unless(ok, _dice(point_logits, point_labels, num_masks)))
 
 
 def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
@@ -303,8 +337,8 @@ def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
     >>> jaxmask.num_masks_normalizer(0)
     Array(1., dtype=float32)
   """
-  num_masks = jnp.asarray(num_local_masks, jnp.float32)
-  _check_num_masks(num_masks)
+  num_masks = checks.scalar(num_local_masks, "num_local_masks").astype(
+      jnp.float32)
   if axis_name is not None:
     num_masks = lax.psum(num_masks, axis_name) / lax.psum(1, axis_name)
   return jnp.maximum(num_masks, 1.0)

@@ -20,6 +20,7 @@ References:
   detectron2's `projects/PointRend/point_rend/point_features.py`.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -43,6 +44,10 @@ def _bilinear(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
   """grid_sample of one `[C, H, W]` map at `[P, 2]` points -> `[C, P]`."""
   _, height, width = inputs.shape
   ix, iy = grid.pixel_positions(point_coords, height, width)
+  # grid_sample's rule: a NaN or infinite position reads no pixel and
+  # samples NaN. It is moved off the map here, so no NaN reaches a gradient.
+  finite = jnp.isfinite(ix) & jnp.isfinite(iy)
+  ix, iy = jnp.where(finite, ix, -2.0), jnp.where(finite, iy, -2.0)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
 
   def pixel(x, y):
@@ -53,8 +58,9 @@ def _bilinear(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
     return jnp.where(on_map, inputs[:, row, col], 0)
 
   nw, ne, sw, se = grid.bilinear_weights(ix, iy)
-  return (pixel(x0, y0) * nw + pixel(x0 + 1, y0) * ne
-          + pixel(x0, y0 + 1) * sw + pixel(x0 + 1, y0 + 1) * se)
+  out = (pixel(x0, y0) * nw + pixel(x0 + 1, y0) * ne
+         + pixel(x0, y0 + 1) * sw + pixel(x0 + 1, y0 + 1) * se)
+  return jnp.where(finite, out, jnp.nan)
 
 
 def _point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
@@ -96,7 +102,9 @@ def point_sample(
      + v_{sw} (x_0 + 1 - i_x)(i_y - y_0) + v_{se} (i_x - x_0)(i_y - y_0),
 
   summed in that order, where a neighbour off the map contributes zero on its
-  own. Results match PyTorch to float rounding. A NaN coordinate samples NaN.
+  own. Results match PyTorch to float rounding. As in grid_sample, a NaN or
+  infinite coordinate samples NaN; it reads no pixel, so it adds nothing to
+  the gradient of `inputs` and its own gradient is 0 (in x and y alike).
 
   Positions and weights are computed in float32 (or the coordinates' dtype if
   wider); the result is cast to `inputs.dtype`.
@@ -132,6 +140,13 @@ def point_sample(
   if 0 in (num_masks, channels, point_coords.shape[1]):
     return jnp.zeros((num_masks, channels, point_coords.shape[1]),
                      inputs.dtype)
+  return _point_sample_core(inputs, point_coords, implementation)
+
+
+# The cores are jitted (shapes and options static) so that eager calls with
+# unchanged shapes reuse one compiled program; under an outer jit they inline.
+@functools.partial(jax.jit, static_argnames=("implementation",))
+def _point_sample_core(inputs, point_coords, implementation):
   return impl.choose(implementation, plain=_point_sample,
                      xla_cpu=xla_cpu_sampler.point_sample,
                      operands=(inputs, point_coords))
@@ -203,7 +218,10 @@ def _check_mask_logits(logits: jax.Array, name: str = "logits") -> None:
 
 
 def _scorer(uncertainty_fn: UncertaintyFn):
-  """Sampled logits `[N, 1, M]` -> `[N, M]` scores, the shape checked."""
+  """Sampled logits `[N, 1, M]` -> `[N, M]` scores, the shape checked.
+
+  A NaN score (a NaN logit or coordinate) becomes -inf: NaN never wins.
+  """
 
   def score(sampled: jax.Array) -> jax.Array:
     scores = uncertainty_fn(sampled)
@@ -212,7 +230,8 @@ def _scorer(uncertainty_fn: UncertaintyFn):
           "uncertainty_fn must return the shape of its input [num_masks, 1,"
           f" num_candidates] = {sampled.shape}, got"
           f" {getattr(scores, 'shape', type(scores).__name__)}.")
-    return scores[:, 0, :]
+    scores = scores[:, 0, :]
+    return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
 
   return score
 
@@ -238,7 +257,8 @@ def select_uncertain_points(
   `logits` at the candidates (`point_sample`), scores the sampled logits with
   `uncertainty_fn` and keeps, per mask, the candidates of the `num_uncertain`
   highest scores: the set `lax.top_k` selects (ties keep the lower candidate
-  indices). Equivalent to the top-k and flat-index-shift gather in
+  indices). A NaN score (from a NaN logit or coordinate) counts as -inf, so
+  NaN never wins a place over a number. Equivalent to the top-k and flat-index-shift gather in
   Mask2Former's `get_uncertain_point_coords_with_randomness`, written as a
   per-row gather. No gradient flows through the result.
 
@@ -281,13 +301,22 @@ def select_uncertain_points(
   impl.check(implementation)
   if candidates.shape[0] == 0 or num_uncertain == 0:
     return jnp.zeros((candidates.shape[0], num_uncertain, 2), candidates.dtype)
+  return _select_core(lax.stop_gradient(logits),
+                      lax.stop_gradient(candidates), num_uncertain,
+                      uncertainty_fn, implementation)
+
+
+@functools.partial(jax.jit, static_argnames=("num_uncertain", "uncertainty_fn",
+                                             "implementation"))
+def _select_core(logits, candidates, num_uncertain, uncertainty_fn,
+                 implementation):
   score = _scorer(uncertainty_fn)
   return impl.choose(
       implementation,
       plain=lambda l, c: _most_uncertain(l, c, num_uncertain, score),
       xla_cpu=lambda l, c: xla_cpu_selection.select_uncertain_points(
           l, c, num_uncertain, score),
-      operands=(lax.stop_gradient(logits), lax.stop_gradient(candidates)))
+      operands=(logits, candidates))
 
 
 def _check_key(key) -> None:
@@ -300,6 +329,18 @@ def _check_key(key) -> None:
     raise TypeError("key must be a jax.random key (jax.random.key(seed), or"
                     " a raw uint32[2] jax.random.PRNGKey(seed)), got"
                     f" {key.dtype}{list(key.shape)}.")
+
+
+def check_sampling_options(key, num_points, oversample_ratio,
+                           importance_sample_ratio, implementation):
+  """Validates `sample_points_using_uncertainty`'s key and options."""
+  _check_key(key)
+  impl.check(implementation)
+  return (checks.python_int(num_points, "num_points", 1),
+          checks.python_number(oversample_ratio, "oversample_ratio", 1.0,
+                               2**31),
+          checks.python_number(importance_sample_ratio,
+                               "importance_sample_ratio", 0.0, 1.0))
 
 
 def sample_points_using_uncertainty(
@@ -352,24 +393,29 @@ def sample_points_using_uncertainty(
     ...     jax.random.key(0), logits, num_points=100).shape
     (4, 100, 2)
   """
-  _check_key(key)
+  num_points, oversample_ratio, importance_sample_ratio = (
+      check_sampling_options(key, num_points, oversample_ratio,
+                             importance_sample_ratio, implementation))
   logits = jnp.asarray(logits)
   _check_mask_logits(logits)
-  num_points = checks.python_int(num_points, "num_points", 1)
-  oversample_ratio = checks.python_number(oversample_ratio,
-                                          "oversample_ratio", 1.0, 2**31)
-  importance_sample_ratio = checks.python_number(
-      importance_sample_ratio, "importance_sample_ratio", 0.0, 1.0)
-  impl.check(implementation)
 
   num_masks = logits.shape[0]
   num_candidates = int(num_points * oversample_ratio)
   num_uncertain = int(importance_sample_ratio * num_points)
-  num_fresh = num_points - num_uncertain
-  score = _scorer(uncertainty_fn)
-  logits = lax.stop_gradient(logits)
   if num_masks == 0:
     return jnp.zeros((0, num_points, 2), jnp.float32)
+  return _sample_core(key, lax.stop_gradient(logits), num_candidates,
+                      num_uncertain, num_points - num_uncertain,
+                      uncertainty_fn, implementation)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num_candidates", "num_uncertain", "num_fresh", "uncertainty_fn",
+    "implementation"))
+def _sample_core(key, logits, num_candidates, num_uncertain, num_fresh,
+                 uncertainty_fn, implementation):
+  num_masks = logits.shape[0]
+  score = _scorer(uncertainty_fn)
 
   def plain(key, logits):
     candidate_key, fresh_key = jax.random.split(key)

@@ -4,6 +4,7 @@ The plain algorithm is `lax.top_k`; on CPU an XLA:CPU kernel selects the same
 set several times faster (`jaxmask._src.xla_cpu.topk`).
 """
 
+import functools
 import operator
 
 import jax
@@ -68,8 +69,15 @@ def top_k_indices(
   impl.check(implementation)
   if k == 0 or k == m:
     return jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (rows, k))
+  return _top_k_core(lax.stop_gradient(scores), k, implementation)
+
+
+# Jitted (k static) so that eager calls with unchanged shapes reuse one
+# compiled program; under an outer jit it inlines.
+@functools.partial(jax.jit, static_argnames=("k", "implementation"))
+def _top_k_core(scores, k, implementation):
   return impl.choose(
       implementation,
       plain=lambda s: lax.top_k(s, k)[1],
       xla_cpu=lambda s: xla_cpu_topk.top_k_indices(s, k),
-      operands=(lax.stop_gradient(scores),))
+      operands=(scores,))
