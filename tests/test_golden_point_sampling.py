@@ -7,6 +7,9 @@ rule of `_rules.py` (a candidate may differ only where its uncertainty lies
 within twice the sampler's tolerance of the k-th: this CPU may round the
 sampled logits differently from the recording one); on-grid exact; losses
 rtol 1e-5; gradients atol 1e-6 relative to the largest entry.
+
+Sampling, selection and point_mask_losses run over both implementations (the
+`implementation` fixture: the plain algorithm and the XLA:CPU kernel).
 """
 
 import os
@@ -28,20 +31,31 @@ def g():
     return dict(data)
 
 
-def test_point_sample_golden(g):
+point_sample = jax.jit(jaxmask.point_sample,
+                       static_argnames=("implementation",))
+select_uncertain_points = jax.jit(
+    jaxmask.select_uncertain_points,
+    static_argnames=("num_uncertain", "implementation"))
+
+
+def test_point_sample_golden(g, implementation):
   np.testing.assert_allclose(
-      jax.jit(jaxmask.point_sample)(g["ps_inputs"], g["ps_coords"]),
+      point_sample(g["ps_inputs"], g["ps_coords"],
+                   implementation=implementation),
       g["ps_out"], atol=5e-6)
 
 
-def test_select_uncertain_points_golden(g):
+def test_select_uncertain_points_golden(g, implementation):
   k = int(g["sel_num_uncertain"])
-  got = jaxmask.select_uncertain_points(g["sel_logits"], g["sel_candidates"],
-                                        num_uncertain=k)
-  # The recording holds no scores: this CPU's sampled logits stand for both,
-  # with the tolerance widened by the sampler's.
-  scores = -np.abs(np.asarray(jaxmask.point_sample(
-      g["sel_logits"], g["sel_candidates"]))[:, 0])
+  got = select_uncertain_points(g["sel_logits"], g["sel_candidates"],
+                                num_uncertain=k,
+                                implementation=implementation)
+  # The recording holds no scores: this CPU's sampled logits (by the same
+  # implementation) stand for both, with the tolerance widened by the
+  # sampler's.
+  scores = -np.abs(np.asarray(point_sample(
+      g["sel_logits"], g["sel_candidates"],
+      implementation=implementation))[:, 0])
   _rules.assert_same_selection(got, g["sel_out"], g["sel_candidates"],
                                got_scores=scores, want_scores=scores, k=k,
                                tol=2 * 5e-6)
@@ -70,7 +84,7 @@ def test_pairwise_golden(g, name):
       rtol=1e-5)
 
 
-def test_point_mask_losses_golden(g):
+def test_point_mask_losses_golden(g, implementation):
   key = jax.random.key(int(g["pml_seed"]))
   candidate_key, fresh_key = jax.random.split(key)
   # The recorded coordinates are the documented draws: if this fails, the
@@ -82,9 +96,10 @@ def test_point_mask_losses_golden(g):
       jax.random.uniform(fresh_key, g["pml_fresh"].shape), g["pml_fresh"])
 
   def total(p):
-    loss_mask, loss_dice = jaxmask.point_mask_losses(
-        key, p, g["pml_target"], 3.0, num_points=int(g["pml_num_points"]))
-    return loss_mask + loss_dice, (loss_mask, loss_dice)
+    losses = jaxmask.point_mask_losses(
+        key, p, g["pml_target"], 3.0, num_points=int(g["pml_num_points"]),
+        implementation=implementation)
+    return losses.loss_mask + losses.loss_dice, losses
 
   (_, (loss_mask, loss_dice)), grad = jax.jit(
       jax.value_and_grad(total, has_aux=True))(g["pml_pred"])

@@ -2,13 +2,17 @@
 
 Oracles are float64 NumPy transcriptions of the formulas in SPEC §2; parity
 with torch_ref is in test_sampling_parity.py. Tolerance: rtol 1e-5 for
-float32 losses against float64.
+float32 losses against float64. optax's binary losses are a second oracle for
+the per-mask losses. point_mask_losses runs over both implementations of the
+sampling (the `implementation` fixture: the plain algorithm and the XLA:CPU
+kernel).
 """
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
@@ -18,13 +22,14 @@ sigmoid_ce_loss = jax.jit(jaxmask.sigmoid_ce_loss)
 dice_loss = jax.jit(jaxmask.dice_loss)
 pairwise_sigmoid_ce_loss = jax.jit(jaxmask.pairwise_sigmoid_ce_loss)
 pairwise_dice_loss = jax.jit(jaxmask.pairwise_dice_loss)
-point_sample = jax.jit(jaxmask.point_sample)
+point_sample = jax.jit(jaxmask.point_sample,
+                       static_argnames=("implementation",))
 sample_points = jax.jit(jaxmask.sample_points_using_uncertainty,
-                        static_argnames=("num_points",))
+                        static_argnames=("num_points", "implementation"))
 point_mask_losses = jax.jit(
     jaxmask.point_mask_losses,
     static_argnames=("num_points", "oversample_ratio",
-                     "importance_sample_ratio"))
+                     "importance_sample_ratio", "implementation"))
 
 
 def np_bce(x, t):
@@ -54,6 +59,24 @@ def test_sigmoid_ce_and_dice_match_formulas():
   assert ce.dtype == dice.dtype == jnp.float32 and ce.shape == ()
   np.testing.assert_allclose(ce, expected_ce, rtol=1e-5)
   np.testing.assert_allclose(dice, expected_dice, rtol=1e-5)
+
+
+def test_losses_equal_optax_binary_losses():
+  """dice_loss is optax's binary dice at smooth=0.5 (see its docstring);
+  sigmoid_ce_loss is optax's sigmoid cross-entropy, per-mask mean."""
+  for seed, n in ((11, 5), (12, 1)):
+    logits, labels = _points(seed, n=n, p=300)
+    for hard in (False, True):
+      if hard:
+        labels = (labels > 0.5).astype(np.float32)
+      np.testing.assert_allclose(
+          dice_loss(logits, labels, 3.0),
+          optax.losses.binary_dice_loss(logits, labels, smooth=0.5).sum()
+          / 3.0, rtol=1e-6)
+      np.testing.assert_allclose(
+          sigmoid_ce_loss(logits, labels, 3.0),
+          optax.sigmoid_binary_cross_entropy(logits, labels).mean(1).sum()
+          / 3.0, rtol=1e-6)
 
 
 def test_perfect_and_extreme_predictions():
@@ -149,39 +172,82 @@ def _masks(seed, n=4, h=16, w=12, th=24, tw=20):
   return pred, target
 
 
-def test_point_mask_losses_equals_documented_composition():
+def test_point_mask_losses_returns_named_tuple(implementation):
+  pred, target = _masks(6)
+  losses = point_mask_losses(jax.random.key(11), pred, target, 4.0,
+                             num_points=30, implementation=implementation)
+  assert isinstance(losses, jaxmask.PointMaskLosses)
+  assert isinstance(losses, tuple) and len(losses) == 2
+  assert jaxmask.PointMaskLosses._fields == ("loss_mask", "loss_dice")
+  assert losses.loss_mask is losses[0] and losses.loss_dice is losses[1]
+  for loss in losses:
+    assert loss.shape == () and loss.dtype == jnp.float32
+  # A pytree like any NamedTuple: it goes through transformations.
+  assert isinstance(jax.tree.map(lambda x: x + 1, losses),
+                    jaxmask.PointMaskLosses)
+
+
+def test_point_mask_losses_equals_documented_composition(implementation):
   pred, target = _masks(6)
   key = jax.random.key(11)
-  loss_mask, loss_dice = point_mask_losses(key, pred, target, 4.0,
-                                           num_points=30)
-  coords = sample_points(key, pred[:, None], num_points=30)
-  logits = point_sample(pred[:, None], coords)[:, 0]
-  labels = point_sample(target[:, None], coords)[:, 0]
-  np.testing.assert_allclose(loss_mask, sigmoid_ce_loss(logits, labels, 4.0),
-                             rtol=1e-6)
-  np.testing.assert_allclose(loss_dice, dice_loss(logits, labels, 4.0),
-                             rtol=1e-6)
+  losses = point_mask_losses(key, pred, target, 4.0, num_points=30,
+                             implementation=implementation)
+  coords = sample_points(key, pred[:, None], num_points=30,
+                         implementation=implementation)
+  logits = point_sample(pred[:, None], coords,
+                        implementation=implementation)[:, 0]
+  labels = point_sample(target[:, None], coords,
+                        implementation=implementation)[:, 0]
+  np.testing.assert_allclose(losses.loss_mask,
+                             sigmoid_ce_loss(logits, labels, 4.0), rtol=1e-6)
+  np.testing.assert_allclose(losses.loss_dice,
+                             dice_loss(logits, labels, 4.0), rtol=1e-6)
   # Boolean targets are cast: same losses.
   np.testing.assert_allclose(
-      point_mask_losses(key, pred, target > 0.5, 4.0, num_points=30),
-      (loss_mask, loss_dice), rtol=1e-6)
+      point_mask_losses(key, pred, target > 0.5, 4.0, num_points=30,
+                        implementation=implementation),
+      losses, rtol=1e-6)
 
 
-def test_point_mask_losses_gradient_only_through_sampled_logits():
+def test_point_mask_losses_implementations_agree():
+  """The same points (as sets) give the same sums: equal to rounding."""
+  pred, target = _masks(14, n=6, h=40, w=36, th=60, tw=50)
+  key = jax.random.key(14)
+  want = point_mask_losses(key, pred, target, 6.0, num_points=200,
+                           implementation="plain")
+  for implementation in ("xla_cpu", None):
+    np.testing.assert_allclose(
+        point_mask_losses(key, pred, target, 6.0, num_points=200,
+                          implementation=implementation), want, rtol=1e-5)
+
+
+def test_point_mask_losses_no_masks(implementation):
+  losses = jaxmask.point_mask_losses(
+      jax.random.key(0), np.zeros((0, 8, 8), np.float32),
+      np.zeros((0, 8, 8), np.float32), 1.0, num_points=10,
+      implementation=implementation)
+  np.testing.assert_array_equal(losses, (0.0, 0.0))
+
+
+def test_point_mask_losses_gradient_only_through_sampled_logits(
+    implementation):
   pred, target = _masks(7)
   key = jax.random.key(12)
   grad_pred, grad_target = jax.jit(jax.grad(
-      lambda p, t: sum(jaxmask.point_mask_losses(key, p, t, 4.0,
-                                                 num_points=30)),
+      lambda p, t: sum(jaxmask.point_mask_losses(
+          key, p, t, 4.0, num_points=30, implementation=implementation)),
       argnums=(0, 1)))(pred, target)
   np.testing.assert_array_equal(grad_target, np.zeros_like(target))
   # Same gradient as the losses at frozen coordinates and labels.
-  coords = sample_points(key, pred[:, None], num_points=30)
-  labels = point_sample(target[:, None], coords)[:, 0]
+  coords = sample_points(key, pred[:, None], num_points=30,
+                         implementation=implementation)
+  labels = point_sample(target[:, None], coords,
+                        implementation=implementation)[:, 0]
 
   @jax.jit
   def frozen(p):
-    logits = jaxmask.point_sample(p[:, None], coords)[:, 0]
+    logits = jaxmask.point_sample(p[:, None], coords,
+                                  implementation=implementation)[:, 0]
     return (jaxmask.sigmoid_ce_loss(logits, labels, 4.0)
             + jaxmask.dice_loss(logits, labels, 4.0))
 
@@ -192,23 +258,28 @@ def test_point_mask_losses_gradient_only_through_sampled_logits():
                             modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
-def test_point_mask_losses_bfloat16_finite():
+def test_point_mask_losses_bfloat16_finite(implementation):
   pred, target = _masks(8)
   losses = point_mask_losses(jax.random.key(13), pred.astype(jnp.bfloat16),
-                             target, 4.0, num_points=30)
+                             target, 4.0, num_points=30,
+                             implementation=implementation)
   for loss in losses:
     assert loss.dtype == jnp.float32 and np.isfinite(loss)
 
 
 @pytest.mark.parametrize("pred,target,err,match", [
     (np.zeros((2, 1, 8, 8), np.float32), np.zeros((2, 8, 8), np.float32),
-     ValueError, "pred_masks must have shape"),
+     ValueError, r"pred_masks must have shape \[num_masks, height, width\],"
+     r" got \(2, 1, 8, 8\)\."),
     (np.zeros((2, 8, 8), np.float32), np.zeros((2, 8), np.float32),
-     ValueError, "target_masks must have shape"),
+     ValueError, r"target_masks must have shape \[num_masks, target_height,"
+     r" target_width\], got \(2, 8\)\."),
     (np.zeros((2, 8, 8), np.float32), np.zeros((3, 8, 8), np.float32),
-     ValueError, "same num_masks"),
+     ValueError, "pred_masks and target_masks must have the same num_masks"),
     (np.zeros((2, 8, 8), np.int32), np.zeros((2, 8, 8), np.float32),
-     TypeError, "pred_masks must have a floating dtype"),
+     TypeError, "pred_masks must have a floating dtype, got int32."),
+    (np.zeros((2, 8, 8), np.float32), np.full((2, 8, 8), 255, np.uint8),
+     ValueError, r"target_masks must hold values in \[0, 1\]"),
 ])
 def test_point_mask_losses_bad_input(pred, target, err, match):
   with pytest.raises(err, match=match):
@@ -216,34 +287,56 @@ def test_point_mask_losses_bad_input(pred, target, err, match):
                               num_points=10)
 
 
-def test_point_mask_losses_bad_options():
+@pytest.mark.parametrize("key,num_masks,kwargs,err,match", [
+    (jax.random.key(0), 2.0, dict(num_points=10, oversample_ratio=0.5),
+     ValueError, r"oversample_ratio must be a finite number in \[1.0, "),
+    (jax.random.key(0), 2.0, dict(num_points=10, oversample_ratio=np.inf),
+     ValueError, "oversample_ratio must be a finite number in .*, got inf"),
+    (jax.random.key(0), 2.0, dict(num_points=10.5), TypeError,
+     "num_points must be a Python int, got 10.5"),
+    (jax.random.key(0), 2.0, dict(num_points=0), ValueError,
+     "num_points must be >= 1, got 0"),
+    (jax.random.key(0), 2.0, dict(num_points=10, importance_sample_ratio=2.0),
+     ValueError, r"importance_sample_ratio must be a finite number in"
+     r" \[0.0, 1.0\], got 2.0"),
+    (jax.random.key(0), 2.0, dict(num_points=10, implementation="gpu"),
+     ValueError, r"implementation must be one of \(None, 'plain', 'xla_cpu'\),"
+     " got 'gpu'"),
+    (0, 2.0, dict(num_points=10), TypeError, "key must be a jax.random key"),
+    (jax.random.split(jax.random.key(0), 3), 2.0, dict(num_points=10),
+     ValueError, "key must be a single key"),
+    (jax.random.key(0), 0.0, dict(num_points=10), ValueError,
+     "num_masks must be a finite number > 0, got 0.0"),
+    (jax.random.key(0), np.ones(2), dict(num_points=10), ValueError,
+     r"num_masks must be a scalar, got shape \(2,\)"),
+])
+def test_point_mask_losses_bad_options(key, num_masks, kwargs, err, match):
   pred, target = _masks(9)
-  with pytest.raises(ValueError, match="oversample_ratio"):
-    jaxmask.point_mask_losses(jax.random.key(0), pred, target, 2.0,
-                              num_points=10, oversample_ratio=0.5)
-  with pytest.raises(TypeError, match="num_points"):
-    jaxmask.point_mask_losses(jax.random.key(0), pred, target, 2.0,
-                              num_points=10.5)
+  with pytest.raises(err, match=match):
+    jaxmask.point_mask_losses(key, pred, target, num_masks, **kwargs)
 
 
 @pytest.mark.parametrize("call,err,match", [
     (lambda: jaxmask.sigmoid_ce_loss(np.zeros((2, 5), np.int32),
                                      np.zeros((2, 5)), 1.0),
-     TypeError, "logits must have a floating dtype"),
+     TypeError, "logits must have a floating dtype, got int32."),
     (lambda: jaxmask.dice_loss(np.zeros((2, 5)), np.zeros((2, 4)), 1.0),
-     ValueError, "same shape"),
+     ValueError, r"logits and labels must have the same shape \[num_masks,"
+     r" num_points\], got \(2, 5\) and \(2, 4\)\."),
     (lambda: jaxmask.dice_loss(np.zeros((5,)), np.zeros((5,)), 1.0),
-     ValueError, "logits must have shape"),
+     ValueError, r"logits must have shape \[num_masks, num_points\], got"
+     r" \(5,\)\."),
     (lambda: jaxmask.sigmoid_ce_loss(np.zeros((2, 5)), np.zeros((2, 5)),
                                      np.ones(2)),
-     ValueError, "num_masks must be a scalar"),
+     ValueError, r"num_masks must be a scalar, got shape \(2,\)"),
     (lambda: jaxmask.pairwise_dice_loss(np.zeros((2, 5)), np.zeros((3, 4))),
-     ValueError, "same num_points"),
+     ValueError, "must have the same num_points"),
     (lambda: jaxmask.pairwise_sigmoid_ce_loss(np.zeros((2, 5)),
                                               np.zeros((3, 5, 1))),
-     ValueError, "labels must have shape"),
+     ValueError, r"labels must have shape \[num_masks, num_points\], got"
+     r" \(3, 5, 1\)\."),
     (lambda: jaxmask.num_masks_normalizer(np.ones(3)),
-     ValueError, "num_masks must be a scalar"),
+     ValueError, r"num_local_masks must be a scalar, got shape \(3,\)"),
 ])
 def test_loss_bad_input(call, err, match):
   with pytest.raises(err, match=match):

@@ -1,5 +1,12 @@
 """Tests for jaxmask._src.sampling that need no PyTorch.
 
+Every algorithmic case runs over both implementations (the `implementation`
+fixture of conftest.py: the plain algorithm and the XLA:CPU kernel). The
+kernel-internal properties (its two sampler paths, 16-bit offsets, the
+flat-index-overflow path, chunked selection) are tested on the kernel's own
+entry points in `jaxmask._src.xla_cpu`, against the plain algorithm and the
+float64 oracle.
+
 Oracles: a float64 NumPy transcription of grid_sample's bilinear rule and
 `jax.scipy.ndimage.map_coordinates` (the alternative implementation), plus
 hand-computed values. Parity with torch_ref is in test_sampling_parity.py.
@@ -16,17 +23,22 @@ import pytest
 from jax.scipy.ndimage import map_coordinates
 
 import jaxmask
-from jaxmask._src import sampling
+import _rules
+from jaxmask._src.xla_cpu import sampler
+from jaxmask._src.xla_cpu import selection
 
-# Jitted once per shape: eager dispatch would compile every primitive.
-point_sample = jax.jit(jaxmask.point_sample)
+# Jitted once per shape and implementation: eager dispatch would compile every
+# primitive.
+point_sample = jax.jit(jaxmask.point_sample,
+                       static_argnames=("implementation",))
 select_uncertain_points = jax.jit(
     jaxmask.select_uncertain_points,
-    static_argnames=("num_uncertain", "uncertainty_fn"))
+    static_argnames=("num_uncertain", "uncertainty_fn", "implementation"))
 sample_points = jax.jit(
     jaxmask.sample_points_using_uncertainty,
     static_argnames=("num_points", "oversample_ratio",
-                     "importance_sample_ratio", "uncertainty_fn"))
+                     "importance_sample_ratio", "uncertainty_fn",
+                     "implementation"))
 on_grid = jax.jit(jaxmask.uncertain_point_coords_on_grid,
                   static_argnames=("num_points",))
 
@@ -72,6 +84,29 @@ def map_coordinates_sample(inputs, coords):
   return jax.vmap(single)(inputs, coords)
 
 
+def position_rounding_tolerance(inputs, coords):
+  """How far a float32 sample may move when its pixel position is rounded
+  differently (a multiply-add contracted in one program, not in another).
+
+  grid_sample's position `((2x - 1 + 1) * size - 1) / 2` then moves by at
+  most half an ulp of `2 * size` pixels; the value moves by that times the
+  local slope of the bilinear surface along the axis (measured on the float64
+  oracle, on both sides of a pixel edge), plus a few ulps of its own.
+  """
+  inputs, coords = np.asarray(inputs), np.asarray(coords, np.float64)
+  h, w = inputs.shape[2:]
+  value = np_grid_sample(inputs, coords)
+  tol = 4 * np.spacing(np.abs(value).astype(np.float32)).astype(np.float64)
+  for axis, size in ((0, w), (1, h)):
+    step = np.zeros(2)
+    step[axis] = 1e-3 / size  # 1e-3 px
+    slope = np.maximum(np.abs(np_grid_sample(inputs, coords + step) - value),
+                       np.abs(np_grid_sample(inputs, coords - step) - value)
+                       ) / 1e-3  # per pixel
+    tol += float(np.spacing(np.float32(2 * size))) / 2 * slope
+  return tol
+
+
 def _data(seed, n, c, h, w, p, low=0.0, high=1.0):
   rng = np.random.default_rng(seed)
   inputs = rng.normal(size=(n, c, h, w)).astype(np.float32)
@@ -79,65 +114,104 @@ def _data(seed, n, c, h, w, p, low=0.0, high=1.0):
   return inputs, coords
 
 
+def _score(sampled):
+  """The kernel entry points' `score`: sampled `[n, 1, M]` -> `[n, M]`."""
+  return jaxmask.calculate_uncertainty(sampled)[:, 0, :]
+
+
+def _scores(logits, candidates, implementation):
+  """Each candidate's uncertainty as `implementation` samples it, `[n, M]`."""
+  return -np.abs(np.asarray(point_sample(
+      logits, candidates, implementation=implementation))[:, 0])
+
+
+def assert_same_points(got, want, *, ordered):
+  """Row by row: the same points, in the same order or as multisets."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape, (got.shape, want.shape)
+  if ordered:
+    np.testing.assert_array_equal(got, want)
+    return
+  for row in range(got.shape[0]):
+    assert sorted(map(tuple, got[row])) == sorted(map(tuple, want[row])), row
+
+
+def assert_same_selection_as_plain(got, logits, candidates, k,
+                                   implementation):
+  """`got` (by `implementation`) selects the plain algorithm's set.
+
+  Compared under the rule of `_rules.py`: the kernel's sampled logits agree
+  with the plain ones to float rounding (1e-6 here), so a candidate may be in
+  one set and not the other only at a near-tie with the k-th score.
+  """
+  logits, candidates = np.asarray(logits), np.asarray(candidates)
+  want = select_uncertain_points(logits, candidates, num_uncertain=k,
+                                 implementation="plain")
+  _rules.assert_same_selection(
+      got, want, candidates,
+      got_scores=_scores(logits, candidates, implementation),
+      want_scores=_scores(logits, candidates, "plain"), k=k, tol=1e-6)
+
+
 # ---------------------------------------------------------------- point_sample
 
 
 @pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
                                      (2, 1, 6, 1), (1, 1, 1, 1)])
-def test_point_sample_matches_float64_oracle(n, c, h, w):
+def test_point_sample_matches_float64_oracle(implementation, n, c, h, w):
   # Coordinates in [-0.1, 1.1] exercise the per-neighbour zero padding.
   inputs, coords = _data(0, n, c, h, w, 200, -0.1, 1.1)
-  out = point_sample(inputs, coords)
+  out = point_sample(inputs, coords, implementation=implementation)
   assert out.shape == (n, c, 200) and out.dtype == jnp.float32
   # float32 positions vs float64: ~1e-6 abs for unit-scale inputs.
   np.testing.assert_allclose(out, np_grid_sample(inputs, coords), atol=2e-6)
 
 
-@pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
-                                     (2, 1, 6, 1), (1, 1, 1, 1)])
-def test_both_sampler_paths_match_oracle_and_each_other(monkeypatch, n, c, h,
-                                                        w):
-  """Pairs from a zero-bordered copy, and from blocks clamped into the map."""
-  inputs, coords = _data(7, n, c, h, w, 60, -0.2, 1.2)
-  coords[0, :3] = [[np.nan, 0.5], [0.5, np.inf], [-1e30, 1e30]]
-  weights = np.random.default_rng(8).normal(size=(n, c, 60)).astype(np.float32)
-  results = []
-  for pixels_per_point in (10**9, 0):  # always copy, never copy
-    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_CLAMP", pixels_per_point)
-    sample = jax.jit(lambda x, p: jaxmask.point_sample(x, p))
-    grad = jax.jit(jax.grad(
-        lambda x, p: (jaxmask.point_sample(x, p) * weights).sum(),
-        argnums=(0, 1)))
-    results.append((sample(inputs, coords), *grad(inputs, coords)))
-  finite = coords.copy()
-  finite[0, :3] = 0.5
-  want = np_grid_sample(inputs, finite)
-  want[0, :, :3] = 0  # non-finite or far-away points sample the padding
-  for out, grad_inputs, grad_coords in results:
-    np.testing.assert_allclose(out, want, atol=2e-6)
-    assert np.isfinite(grad_inputs).all()
-  # Same arithmetic; XLA may contract a multiply-add differently: 1 ulp.
-  np.testing.assert_allclose(results[0][0], results[1][0], atol=5e-7)
-  np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-6)
-  np.testing.assert_allclose(results[0][2][1:], results[1][2][1:], atol=1e-5)
+def test_point_sample_non_finite_coordinates(implementation):
+  """A NaN or infinite coordinate samples NaN and reads no pixel.
+
+  As in grid_sample. It adds nothing to the gradient of the inputs, and its
+  own gradient is 0; a far-away finite point samples the zero padding.
+  """
+  inputs, coords = _data(12, 2, 3, 5, 6, 8, -0.1, 1.1)
+  coords[0, :5] = [[np.nan, 0.5], [0.5, np.inf], [-np.inf, 0.3],
+                   [np.inf, np.nan], [-1e30, 1e30]]
+  finite = np.isfinite(coords).all(-1)
+  out = np.asarray(point_sample(inputs, coords,
+                                implementation=implementation))
+  want = np_grid_sample(inputs, np.where(finite[..., None], coords, -1e30))
+  want[0, :, :4] = np.nan
+  np.testing.assert_allclose(out, want, atol=2e-6)  # NaNs exactly there
+  weights = np.random.default_rng(13).normal(size=out.shape).astype(
+      np.float32)
+  loss = lambda x, p, v: (jaxmask.point_sample(
+      x, p, implementation=implementation) * v).sum()
+  grad_inputs, grad_coords = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+      inputs, coords, weights)
+  assert np.isfinite(grad_inputs).all() and np.isfinite(grad_coords).all()
+  np.testing.assert_array_equal(grad_coords[0, :5], 0)
+  # The same input gradient as with those points' weights set to 0.
+  np.testing.assert_array_equal(
+      grad_inputs, jax.jit(jax.grad(loss))(
+          inputs, coords, np.where(finite[:, None], weights, 0)))
 
 
-def test_point_sample_matches_map_coordinates():
+def test_point_sample_matches_map_coordinates(implementation):
   inputs, coords = _data(1, 4, 2, 16, 12, 500, -0.1, 1.1)
   np.testing.assert_allclose(
-      point_sample(inputs, coords),
+      point_sample(inputs, coords, implementation=implementation),
       map_coordinates_sample(jnp.asarray(inputs), jnp.asarray(coords)),
       atol=2e-6)
 
 
-def test_point_sample_hand_values():
+def test_point_sample_hand_values(implementation):
   # Ones image, 4x4: interior points read 1; an edge point half-weights the
   # zero padding; a corner point quarter-weights the image; outside gives 0.
   ones = jnp.ones((1, 1, 4, 4))
   coords = jnp.array([[[0.5, 0.5], [0.0, 0.5], [0.0, 0.0], [1.0, 1.0],
                        [0.125, 0.125], [-0.2, 0.5], [1.2, 1.2]]])
   np.testing.assert_allclose(
-      point_sample(ones, coords)[0, 0],
+      point_sample(ones, coords, implementation=implementation)[0, 0],
       [1.0, 0.5, 0.25, 0.25, 1.0, 0.0, 0.0], atol=1e-7)
   # Pixel centres read pixel values exactly.
   image = jnp.arange(12.0).reshape(1, 1, 3, 4)
@@ -145,20 +219,60 @@ def test_point_sample_hand_values():
   centres = np.stack([(cols.ravel() + 0.5) / 4, (rows.ravel() + 0.5) / 3], -1)
   # (grid_sample's 2x - 1 round trip costs a few ulp of position.)
   np.testing.assert_allclose(
-      point_sample(image, centres[None].astype(np.float32))[0, 0],
+      point_sample(image, centres[None].astype(np.float32),
+                   implementation=implementation)[0, 0],
       np.arange(12.0), atol=1e-6)
 
 
-def test_point_sample_single_composes_with_vmap():
+def test_point_sample_single_composes_with_vmap(implementation):
   inputs, coords = _data(2, 3, 2, 6, 9, 50)
-  single = jax.vmap(jaxmask.point_sample_single)(inputs, coords)
-  np.testing.assert_allclose(single, point_sample(inputs, coords), atol=1e-6)
-  assert jaxmask.point_sample_single(inputs[0], coords[0]).shape == (2, 50)
+  single = jax.vmap(functools.partial(
+      jaxmask.point_sample_single, implementation=implementation))(inputs,
+                                                                    coords)
+  np.testing.assert_allclose(
+      single, point_sample(inputs, coords, implementation=implementation),
+      atol=1e-6)
+  assert jaxmask.point_sample_single(
+      inputs[0], coords[0], implementation=implementation).shape == (2, 50)
 
 
-def test_point_sample_bfloat16_keeps_dtype_and_precision():
+def test_point_sample_empty_axes(implementation):
+  for n, c, p in ((0, 2, 5), (2, 0, 5), (2, 3, 0)):
+    out = jaxmask.point_sample(np.ones((n, c, 4, 4), np.float32),
+                               np.full((n, p, 2), 0.5, np.float32),
+                               implementation=implementation)
+    assert out.shape == (n, c, p) and out.dtype == jnp.float32
+
+
+def test_point_sample_implementations_agree():
+  """Same arithmetic in the same order: values and gradients to rounding."""
+  inputs, coords = _data(14, 5, 3, 13, 17, 300, -0.1, 1.1)
+  weights = np.random.default_rng(15).normal(size=(5, 3, 300)).astype(
+      np.float32)
+  results = {}
+  for implementation in ("plain", "xla_cpu", None):
+    loss = lambda x, p, i=implementation: (
+        jaxmask.point_sample(x, p, implementation=i) * weights).sum()
+    results[implementation] = (
+        point_sample(inputs, coords, implementation=implementation),
+        *jax.jit(jax.grad(loss, argnums=(0, 1)))(inputs, coords))
+  # None on this CPU test machine is the kernel.
+  for a, b in zip(results[None], results["xla_cpu"]):
+    np.testing.assert_array_equal(a, b)
+  plain, kernel = results["plain"], results["xla_cpu"]
+  # Values to position rounding; input gradients (weight sums) to 1e-6;
+  # coordinate gradients (slopes times W or H) to 1e-6 of the largest.
+  assert (np.abs(np.asarray(plain[0]) - np.asarray(kernel[0]))
+          <= position_rounding_tolerance(inputs, coords)).all()
+  np.testing.assert_allclose(plain[1], kernel[1], atol=1e-6)
+  np.testing.assert_allclose(plain[2], kernel[2], rtol=1e-5,
+                             atol=1e-6 * np.abs(plain[2]).max())
+
+
+def test_point_sample_bfloat16_keeps_dtype_and_precision(implementation):
   inputs, coords = _data(3, 2, 1, 64, 64, 300)
-  out = point_sample(inputs.astype(jnp.bfloat16), coords)
+  out = point_sample(inputs.astype(jnp.bfloat16), coords,
+                     implementation=implementation)
   assert out.dtype == jnp.bfloat16
   # Positions stay float32: only the bf16 rounding of values/result remains.
   expected = np_grid_sample(np.asarray(inputs.astype(jnp.bfloat16),
@@ -167,24 +281,29 @@ def test_point_sample_bfloat16_keeps_dtype_and_precision():
                              atol=2e-2, rtol=1e-2)
 
 
-def test_point_sample_grad_is_transpose_of_sampling():
+def test_point_sample_grad_is_transpose_of_sampling(implementation):
   inputs, coords = _data(4, 2, 1, 5, 6, 30, -0.1, 1.1)
-  jax.test_util.check_grads(lambda x: point_sample(x, coords),
-                            (jnp.asarray(inputs),), order=1,
-                            modes=("rev",), atol=1e-2, rtol=1e-2)
+  jax.test_util.check_grads(
+      lambda x: point_sample(x, coords, implementation=implementation),
+      (jnp.asarray(inputs),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
-def test_point_sample_grad_bfloat16_and_channels_and_width_one():
-  """The custom VJP: dtype kept, channels and W = 1 maps, NaN-free at edges."""
+def test_point_sample_grad_bfloat16_and_channels_and_width_one(
+    implementation):
+  """The VJP: dtype kept, channels and W = 1 maps, NaN-free at edges."""
   for c, h, w in ((1, 7, 9), (3, 5, 6), (2, 4, 1), (1, 1, 1)):
     inputs, coords = _data(5, 3, c, h, w, 40, -0.2, 1.2)
     weights = np.random.default_rng(5).normal(size=(3, c, 40)).astype(
         np.float32)
-    loss = lambda x: (point_sample(x, coords) * weights).sum()
+    loss = functools.partial(
+        lambda x, coords, weights: (point_sample(
+            x, coords, implementation=implementation) * weights).sum(),
+        coords=coords, weights=weights)
     want = jax.grad(loss)(jnp.asarray(inputs, jnp.float32))
     # The transpose of sampling: <grad, e_i> is the weight-sum at pixel i.
-    basis = np.asarray(jax.jit(jax.vmap(lambda e: loss(e.reshape(
-        inputs.shape))))(jnp.eye(inputs.size, dtype=jnp.float32)))
+    basis = np.asarray(jax.jit(jax.vmap(
+        lambda e, loss=loss, shape=inputs.shape: loss(e.reshape(shape))))(
+            jnp.eye(inputs.size, dtype=jnp.float32)))
     np.testing.assert_allclose(np.asarray(want).reshape(-1), basis,
                                rtol=1e-5, atol=1e-6)
     got = jax.grad(loss)(jnp.asarray(inputs, jnp.bfloat16))
@@ -193,73 +312,11 @@ def test_point_sample_grad_bfloat16_and_channels_and_width_one():
                                rtol=2e-2)
 
 
-@pytest.mark.parametrize("h,w", [(256, 256), (255, 257)])
-def test_both_sampler_paths_on_maps_past_16_bit_offsets(monkeypatch, h, w):
-  """256² fits 16-bit offsets unpadded, not padded; 255 x 257 fits neither."""
-  inputs, coords = _data(9, 2, 1, h, w, 400, -0.01, 1.01)
-  coords[:, :4] = [[0, 0], [1, 1], [0, 1], [1, 0]]
-  want = np_grid_sample(inputs, coords)
-  weights = np.random.default_rng(10).normal(size=(2, 1, 400))
-  outs, grads = [], []
-  for pixels_per_point in (10**9, 0):  # always copy, never copy
-    monkeypatch.setattr(sampling, "_PIXELS_PER_POINT_TO_CLAMP", pixels_per_point)
-    outs.append(point_sample(inputs, coords))
-    grads.append(jax.grad(
-        lambda x: (jaxmask.point_sample(x, coords) * weights).sum())(inputs))
-  # float32 positions on 256-pixel axes are within ~2e-5 px of float64's.
-  np.testing.assert_allclose(outs[1], want, atol=1e-4)
-  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
-  np.testing.assert_allclose(grads[0], grads[1], atol=1e-6)
-  # The gradient is the sampling's transpose: <grad, x> = <weights, S x>.
-  probe = np.random.default_rng(11).normal(size=inputs.shape)
-  np.testing.assert_allclose(np.vdot(grads[1], probe),
-                             np.vdot(weights, np_grid_sample(probe, coords)),
-                             rtol=1e-4)
-
-
-def test_flat_index_overflow_paths_give_the_same_values(monkeypatch):
-  inputs, coords = _data(6, 4, 2, 5, 7, 30, -0.1, 1.1)
-  logits = inputs[:, :1]
-  want_values = jaxmask.point_sample(inputs, coords)
-  want_points = jaxmask.select_uncertain_points(logits, coords,
-                                                num_uncertain=9)
-  monkeypatch.setattr(sampling, "_MAX_FLAT_INDEX", 100)  # force both paths
-  np.testing.assert_array_equal(jaxmask.point_sample(inputs, coords),
-                                want_values)
-  np.testing.assert_array_equal(
-      jaxmask.select_uncertain_points(logits, coords, num_uncertain=9),
-      want_points)
-
-
-@pytest.mark.parametrize("num_masks", [12, 7])
-def test_chunked_selection_equals_whole(monkeypatch, num_masks):
-  """CPU selects a few masks at a time; the points must not change."""
-  logits = np.random.default_rng(9).normal(size=(num_masks, 1, 9, 11)).astype(
-      np.float32)
-  candidates = np.random.default_rng(10).random((num_masks, 300, 2)).astype(
-      np.float32)
-  key = jax.random.key(4)
-  def run():
-    select = jax.jit(lambda l, c: jaxmask.select_uncertain_points(
-        l, c, num_uncertain=40))
-    points = jax.jit(lambda k, l: jaxmask.sample_points_using_uncertainty(
-        k, l, num_points=100))
-    return select(logits, candidates), points(key, logits)
-  whole = run()
-  assert sampling._rows_per_chunk(num_masks, 300) == num_masks
-  monkeypatch.setattr(sampling, "_CHUNK_BYTES", 8 * 300 * 4)  # 4 masks
-  expected_chunk = 4 if num_masks == 12 else num_masks  # 7: no divisor
-  assert sampling._rows_per_chunk(num_masks, 300) == expected_chunk
-  chunked = run()
-  for got, want in zip(chunked, whole):
-    np.testing.assert_array_equal(got, want)
-
-
-def test_point_sample_jit_and_no_recompilation():
+def test_point_sample_jit_and_no_recompilation(implementation):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def f(x, c):
-    return jaxmask.point_sample(x, c)
+    return jaxmask.point_sample(x, c, implementation=implementation)
   chex.clear_trace_counter()
   for seed in range(3):
     inputs, coords = _data(seed, 2, 1, 8, 8, 20)
@@ -269,21 +326,183 @@ def test_point_sample_jit_and_no_recompilation():
 
 @pytest.mark.parametrize("inputs,coords,err,match", [
     (np.zeros((1, 8, 8), np.float32), np.zeros((1, 4, 2), np.float32),
-     ValueError, "inputs must have shape"),
+     ValueError, r"inputs must have shape \[num_masks, channels, height,"
+     r" width\], got \(1, 8, 8\)\."),
     (np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 4, 3), np.float32),
-     ValueError, "point_coords must have shape"),
+     ValueError, r"point_coords must have shape \[num_masks, num_points, 2\]"),
     (np.zeros((1, 1, 8, 8), np.float32), np.zeros((4, 2), np.float32),
-     ValueError, "point_coords must have shape"),
+     ValueError, r"point_coords must have shape \[num_masks, num_points, 2\],"
+     r" got \(4, 2\)\."),
     (np.zeros((2, 1, 8, 8), np.float32), np.zeros((3, 4, 2), np.float32),
-     ValueError, "same num_masks"),
+     ValueError, "inputs and point_coords must have the same num_masks"),
     (np.zeros((1, 1, 8, 8), np.int32), np.zeros((1, 4, 2), np.float32),
-     TypeError, "inputs must have a floating dtype"),
+     TypeError, "inputs must have a floating dtype, got int32."),
     (np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 4, 2), np.int32),
-     TypeError, "point_coords must have a floating dtype"),
+     TypeError, "point_coords must have a floating dtype, got int32."),
 ])
-def test_point_sample_bad_input(inputs, coords, err, match):
+def test_point_sample_bad_input(implementation, inputs, coords, err, match):
   with pytest.raises(err, match=match):
-    jaxmask.point_sample(inputs, coords)
+    jaxmask.point_sample(inputs, coords, implementation=implementation)
+
+
+@pytest.mark.parametrize("fn,shapes", [
+    (jaxmask.point_sample, ((1, 1, 8, 8), (1, 4, 2))),
+    (jaxmask.point_sample_single, ((1, 8, 8), (4, 2))),
+])
+def test_point_sample_bad_implementation(fn, shapes):
+  inputs, coords = (np.zeros(s, np.float32) for s in shapes)
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    fn(inputs, coords, implementation="gpu")
+
+
+def test_point_sample_single_bad_input():
+  with pytest.raises(ValueError, match=r"inputs must have shape \[channels,"
+                     r" height, width\], got \(1, 1, 8, 8\)\."):
+    jaxmask.point_sample_single(np.zeros((1, 1, 8, 8), np.float32),
+                                np.zeros((4, 2), np.float32))
+  with pytest.raises(ValueError, match=r"point_coords must have shape"
+                     r" \[num_points, 2\]"):
+    jaxmask.point_sample_single(np.zeros((1, 8, 8), np.float32),
+                                np.zeros((1, 4, 2), np.float32))
+
+
+# ------------------------------------------------------------ the XLA:CPU kernel
+# Properties of the kernel's own code paths, forced through its entry points
+# (`sampler.point_sample`, `selection.select_uncertain_points`,
+# `selection.select_uniform_candidates`) by patching the kernel's thresholds,
+# and checked against the plain algorithm and the float64 oracle.
+
+
+def _kernel_sample_and_grads(inputs, coords, weights):
+  """The kernel's values and gradients, traced afresh (thresholds patched)."""
+  sample = jax.jit(lambda x, p: sampler.point_sample(x, p))
+  grad = jax.jit(jax.grad(
+      lambda x, p: (sampler.point_sample(x, p) * weights).sum(),
+      argnums=(0, 1)))
+  return (sample(inputs, coords), *grad(inputs, coords))
+
+
+def _plain_sample_and_grads(inputs, coords, weights):
+  grad = jax.jit(jax.grad(
+      lambda x, p: (jaxmask.point_sample(x, p, implementation="plain")
+                    * weights).sum(), argnums=(0, 1)))
+  return (point_sample(inputs, coords, implementation="plain"),
+          *grad(inputs, coords))
+
+
+# Always copy the maps with a zero border (padded), never copy them (clamped).
+_SAMPLER_PATHS = {"padded": 10**9, "clamped": 0}
+
+
+@pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
+                                     (2, 1, 6, 1), (1, 1, 1, 1)])
+def test_kernel_sampler_paths_match_plain_and_oracle(monkeypatch, n, c, h, w):
+  """Pairs from a zero-bordered copy, and from blocks clamped into the map."""
+  inputs, coords = _data(7, n, c, h, w, 60, -0.2, 1.2)
+  coords[0, :3] = [[np.nan, 0.5], [0.5, np.inf], [-1e30, 1e30]]
+  weights = np.random.default_rng(8).normal(size=(n, c, 60)).astype(np.float32)
+  results = []
+  for pixels_per_point in _SAMPLER_PATHS.values():
+    monkeypatch.setattr(sampler, "_PIXELS_PER_POINT_TO_CLAMP",
+                        pixels_per_point)
+    results.append(_kernel_sample_and_grads(inputs, coords, weights))
+  plain = _plain_sample_and_grads(inputs, coords, weights)
+  finite = coords.copy()
+  finite[0, :3] = 0.5
+  want = np_grid_sample(inputs, finite)
+  want[0, :, :2] = np.nan  # non-finite points sample NaN
+  want[0, :, 2] = 0  # a far-away point samples the padding
+  for out, grad_inputs, grad_coords in (*results, plain):
+    np.testing.assert_allclose(out, want, atol=2e-6)
+    assert np.isfinite(grad_inputs).all() and np.isfinite(grad_coords).all()
+    np.testing.assert_array_equal(grad_coords[0, :3], 0)
+  for got in results:
+    # Same arithmetic; XLA may contract a multiply-add differently: 1 ulp.
+    np.testing.assert_allclose(got[0], plain[0], atol=5e-7)
+    np.testing.assert_allclose(got[1], plain[1], atol=1e-6)
+    np.testing.assert_allclose(got[2], plain[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(256, 256), (255, 257)])
+def test_kernel_sampler_paths_on_maps_past_16_bit_offsets(monkeypatch, h, w):
+  """256² fits 16-bit offsets unpadded, not padded; 255 x 257 fits neither."""
+  inputs, coords = _data(9, 2, 1, h, w, 400, -0.01, 1.01)
+  coords[:, :4] = [[0, 0], [1, 1], [0, 1], [1, 0]]
+  want = np_grid_sample(inputs, coords)
+  weights = np.random.default_rng(10).normal(size=(2, 1, 400)).astype(
+      np.float32)
+  results = []
+  for pixels_per_point in _SAMPLER_PATHS.values():
+    monkeypatch.setattr(sampler, "_PIXELS_PER_POINT_TO_CLAMP",
+                        pixels_per_point)
+    results.append(_kernel_sample_and_grads(inputs, coords, weights)[:2])
+  plain = _plain_sample_and_grads(inputs, coords, weights)[:2]
+  # The gradient is the sampling's transpose: <grad, x> = <weights, S x>.
+  probe = np.random.default_rng(11).normal(size=inputs.shape)
+  for out, grad in (*results, plain):
+    # float32 positions on 256-pixel axes are within ~2e-5 px of float64's.
+    np.testing.assert_allclose(out, want, atol=1e-4)
+    np.testing.assert_allclose(np.vdot(grad, probe),
+                               np.vdot(weights, np_grid_sample(probe, coords)),
+                               rtol=1e-4)
+  # The kernel's paths and the plain sampler agree to position rounding
+  # (at 255 x 257 a position or two is rounded an ulp apart, ~1.5e-6 in
+  # value); the gradients, weight sums, to 1e-6.
+  tol = position_rounding_tolerance(inputs, coords)
+  for out, grad in (*results, plain):
+    for other, other_grad in (*results, plain):
+      assert (np.abs(np.asarray(out) - np.asarray(other)) <= tol).all()
+      np.testing.assert_allclose(grad, other_grad, atol=1e-6)
+
+
+def test_kernel_flat_index_overflow_paths_give_the_same_values(monkeypatch):
+  """Past int32 flat offsets the kernel gathers map by map: same results."""
+  inputs, coords = _data(6, 4, 2, 5, 7, 30, -0.1, 1.1)
+  logits = inputs[:, :1]
+  sample = lambda: jax.jit(sampler.point_sample)(inputs, coords)
+  select = lambda: jax.jit(lambda l, c: selection.select_uncertain_points(
+      l, c, 9, _score))(logits, coords)
+  want_values, want_points = sample(), select()
+  np.testing.assert_allclose(
+      want_values, point_sample(inputs, coords, implementation="plain"),
+      atol=5e-7)
+  assert_same_selection_as_plain(want_points, logits, coords, 9, "xla_cpu")
+  monkeypatch.setattr(sampler, "MAX_FLAT_INDEX", 100)  # force both paths
+  assert inputs.size > 100 and coords.size > 100
+  np.testing.assert_array_equal(sample(), want_values)
+  np.testing.assert_array_equal(select(), want_points)
+
+
+@pytest.mark.parametrize("num_masks", [12, 7])
+def test_kernel_chunked_selection_equals_whole(monkeypatch, num_masks):
+  """The kernel selects a few masks at a time; the points must not change."""
+  logits = np.random.default_rng(9).normal(size=(num_masks, 1, 9, 11)).astype(
+      np.float32)
+  candidates = np.random.default_rng(10).random((num_masks, 300, 2)).astype(
+      np.float32)
+  candidate_key = jax.random.key(4)
+
+  def run():  # traced afresh: the chunk size is read at trace time
+    select = jax.jit(lambda l, c: selection.select_uncertain_points(
+        l, c, 40, _score))
+    draw_and_select = jax.jit(
+        lambda k, l: selection.select_uniform_candidates(k, l, 300, 75,
+                                                         _score))
+    return (select(logits, candidates),
+            draw_and_select(candidate_key, logits))
+
+  assert selection.rows_per_chunk(num_masks, 300) == num_masks
+  whole = run()
+  # The plain algorithm's sets, from the same (bit for bit) candidates.
+  drawn = jax.random.uniform(candidate_key, (num_masks, 300, 2))
+  assert_same_selection_as_plain(whole[0], logits, candidates, 40, "xla_cpu")
+  assert_same_selection_as_plain(whole[1], logits, drawn, 75, "xla_cpu")
+  monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * 300 * 4)  # 4 masks
+  expected_chunk = 4 if num_masks == 12 else num_masks  # 7: no divisor
+  assert selection.rows_per_chunk(num_masks, 300) == expected_chunk
+  chunked = run()
+  for got, want in zip(chunked, whole):
+    np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------- uncertainty selection
@@ -293,7 +512,7 @@ def test_calculate_uncertainty():
   np.testing.assert_array_equal(
       jaxmask.calculate_uncertainty(jnp.array([-2.0, 0.0, 3.0])),
       [-2.0, 0.0, -3.0])
-  with pytest.raises(TypeError, match="logits"):
+  with pytest.raises(TypeError, match="logits must have a floating dtype"):
     jaxmask.calculate_uncertainty(jnp.array([1, 2]))
 
 
@@ -305,7 +524,7 @@ def _centre_candidates(rng, n, h, w, m):
   return coords.astype(np.float32), rows, cols
 
 
-def test_select_uncertain_points_hand_oracle():
+def test_select_uncertain_points_hand_oracle(implementation):
   rng = np.random.default_rng(5)
   n, h, w, m, k = 3, 6, 7, 30, 8
   # Distinct |logits| so the order is unique.
@@ -313,61 +532,149 @@ def test_select_uncertain_points_hand_oracle():
   logits = logits.astype(np.float32)
   coords, rows, cols = _centre_candidates(rng, n, h, w, m)
   # A pixel drawn twice gives two equal candidates: their order is moot.
-  out = select_uncertain_points(logits, coords, num_uncertain=k)
-  assert out.shape == (n, k, 2)
+  out = select_uncertain_points(logits, coords, num_uncertain=k,
+                                implementation=implementation)
+  assert out.shape == (n, k, 2) and out.dtype == jnp.float32
   for i in range(n):
     scores = -np.abs(logits[i, 0, rows[i], cols[i]])
     expected = coords[i][np.argsort(-scores, kind="stable")[:k]]
-    np.testing.assert_array_equal(out[i], expected)
+    # The plain algorithm's order is decreasing uncertainty; the kernel's
+    # order is not part of the contract here.
+    assert_same_points(out[i:i + 1], expected[None],
+                       ordered=implementation == "plain")
 
 
-def test_select_uncertain_points_custom_uncertainty_and_edges():
+def test_select_uncertain_points_rows_of_4096_or_more(implementation):
+  """Rows long enough for the kernel's bracketed top-k; order as documented."""
+  rng = np.random.default_rng(16)
+  n, h, w, m, k = 2, 64, 80, 5000, 1200
+  # |logits| distinct: (i + 0.25 - c) / 7 never ties in absolute value.
+  logits = ((rng.permutation(n * h * w).reshape(n, 1, h, w) + 0.25
+             - n * h * w // 2) / 7).astype(np.float32)
+  pixels = np.stack([rng.permutation(h * w)[:m] for _ in range(n)])
+  rows, cols = pixels // w, pixels % w
+  coords = np.stack([(cols + 0.5) / w, (rows + 0.5) / h], -1).astype(
+      np.float32)  # distinct candidates
+  out = np.asarray(select_uncertain_points(logits, coords, num_uncertain=k,
+                                           implementation=implementation))
+  for i in range(n):
+    scores = -np.abs(logits[i, 0, rows[i], cols[i]])
+    best = np.argsort(-scores, kind="stable")[:k]  # decreasing uncertainty
+    if implementation == "plain":
+      np.testing.assert_array_equal(out[i], coords[i][best])
+    else:  # increasing candidate index
+      np.testing.assert_array_equal(out[i], coords[i][np.sort(best)])
+
+
+def test_select_uncertain_points_custom_uncertainty_and_edges(implementation):
   rng = np.random.default_rng(6)
   logits = rng.normal(size=(2, 1, 5, 5)).astype(np.float32)
   coords, rows, cols = _centre_candidates(rng, 2, 5, 5, 12)
   # uncertainty_fn = identity keeps the largest logits.
   out = select_uncertain_points(logits, coords, num_uncertain=3,
-                                        uncertainty_fn=lambda x: x)
+                                uncertainty_fn=lambda x: x,
+                                implementation=implementation)
   for i in range(2):
     values = logits[i, 0, rows[i], cols[i]]
-    np.testing.assert_array_equal(
-        out[i], coords[i][np.argsort(-values, kind="stable")[:3]])
+    assert_same_points(
+        out[i:i + 1], coords[i][np.argsort(-values, kind="stable")[:3]][None],
+        ordered=implementation == "plain")
   assert select_uncertain_points(
-      logits, coords, num_uncertain=0).shape == (2, 0, 2)
-  all_points = select_uncertain_points(logits, coords,
-                                               num_uncertain=12)
-  for i in range(2):  # k = M keeps every candidate: a permutation.
-    assert sorted(map(tuple, np.asarray(all_points[i]))) == sorted(
-        map(tuple, coords[i]))
+      logits, coords, num_uncertain=0,
+      implementation=implementation).shape == (2, 0, 2)
+  # k = M keeps every candidate: a permutation.
+  all_points = select_uncertain_points(logits, coords, num_uncertain=12,
+                                       implementation=implementation)
+  assert_same_points(all_points, coords, ordered=False)
+  # No masks: no points.
+  assert jaxmask.select_uncertain_points(
+      logits[:0], coords[:0], num_uncertain=3,
+      implementation=implementation).shape == (0, 3, 2)
+
+
+def test_select_uncertain_points_nan_never_wins(implementation):
+  """NaN scores (NaN logits, NaN candidates) count as -inf."""
+  rng = np.random.default_rng(21)
+  n, h, w, m, k = 3, 6, 7, 40, 10
+  logits = rng.normal(size=(n, 1, h, w)).astype(np.float32)
+  logits[:, 0, :2] = np.nan  # the top two rows of pixels
+  pixels = np.stack([rng.permutation(h * w)[:m] for _ in range(n)])
+  rows, cols = pixels // w, pixels % w
+  coords = np.stack([(cols + 0.5) / w, (rows + 0.5) / h], -1).astype(
+      np.float32)
+  coords[:, :3] = np.nan
+  scores = -np.abs(logits[np.arange(n)[:, None], 0, rows, cols])
+  scores[:, :3] = np.nan
+  assert (np.isfinite(scores).sum(1) >= k).all()
+  out = select_uncertain_points(logits, coords, num_uncertain=k,
+                                implementation=implementation)
+  for i in range(n):
+    best = np.argsort(-np.where(np.isnan(scores[i]), -np.inf, scores[i]),
+                      kind="stable")[:k]
+    assert_same_points(out[i:i + 1], coords[i][best][None],
+                       ordered=implementation == "plain")
+
+
+def test_select_uncertain_points_implementations_agree():
+  """Every implementation selects the plain algorithm's set."""
+  rng = np.random.default_rng(17)
+  logits = (rng.normal(size=(6, 1, 20, 16)) * 3).astype(np.float32)
+  candidates = rng.uniform(size=(6, 500, 2)).astype(np.float32)
+  for implementation in ("xla_cpu", None):
+    got = select_uncertain_points(logits, candidates, num_uncertain=150,
+                                  implementation=implementation)
+    assert_same_selection_as_plain(got, logits, candidates, 150,
+                                   implementation or "xla_cpu")
+
+
+def test_select_uncertain_points_no_gradient(implementation):
+  logits = np.random.default_rng(18).normal(size=(2, 1, 5, 6)).astype(
+      np.float32)
+  candidates = np.random.default_rng(19).uniform(size=(2, 12, 2)).astype(
+      np.float32)
+  grads = jax.grad(lambda l, c: jaxmask.select_uncertain_points(
+      l, c, num_uncertain=4, implementation=implementation).sum(),
+                   argnums=(0, 1))(logits, candidates)
+  for grad in grads:
+    np.testing.assert_array_equal(grad, np.zeros_like(grad))
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    (dict(num_uncertain=4.0), TypeError, "num_uncertain"),
-    (dict(num_uncertain=-1), ValueError, "num_uncertain"),
-    (dict(num_uncertain=13), ValueError, "num_uncertain"),
+    (dict(num_uncertain=4.0), TypeError,
+     "num_uncertain must be a Python int, got 4.0"),
+    (dict(num_uncertain=-1), ValueError, "num_uncertain must be >= 0, got -1"),
+    (dict(num_uncertain=13), ValueError,
+     r"num_uncertain must lie in \[0, num_candidates=12\], got 13"),
     (dict(num_uncertain=2, uncertainty_fn=lambda x: x[:, 0]), ValueError,
-     "uncertainty_fn"),
+     "uncertainty_fn must return the shape of its input"),
+    (dict(num_uncertain=2, implementation="gpu"), ValueError,
+     r"implementation must be one of \(None, 'plain', 'xla_cpu'\), got"
+     " 'gpu'"),
 ])
-def test_select_uncertain_points_bad_options(kwargs, err, match):
+def test_select_uncertain_points_bad_options(implementation, kwargs, err,
+                                             match):
   logits = jnp.zeros((2, 1, 5, 5))
   coords = jnp.zeros((2, 12, 2))
+  kwargs = dict(dict(implementation=implementation), **kwargs)
   with pytest.raises(err, match=match):
     jaxmask.select_uncertain_points(logits, coords, **kwargs)
 
 
 @pytest.mark.parametrize("logits,coords,err,match", [
     (np.zeros((2, 5, 5), np.float32), np.zeros((2, 4, 2), np.float32),
-     ValueError, "logits must have shape"),
+     ValueError, r"logits must have shape \[num_masks, 1, height, width\],"
+     r" got \(2, 5, 5\)\."),
     (np.zeros((2, 3, 5, 5), np.float32), np.zeros((2, 4, 2), np.float32),
-     ValueError, "single channel"),
+     ValueError, "logits must have a single channel"),
     (np.zeros((2, 1, 5, 5), np.int32), np.zeros((2, 4, 2), np.float32),
-     TypeError, "logits must have a floating dtype"),
+     TypeError, "logits must have a floating dtype, got int32."),
     (np.zeros((2, 1, 5, 5), np.float32), np.zeros((3, 4, 2), np.float32),
-     ValueError, "same num_masks"),
+     ValueError, "logits and candidates must have the same num_masks"),
     (np.zeros((2, 1, 5, 5), np.float32), np.zeros((2, 4), np.float32),
-     ValueError, "candidates must have shape"),
+     ValueError, r"candidates must have shape \[num_masks, num_candidates,"
+     r" 2\], got \(2, 4\)\."),
     (np.zeros((2, 1, 5, 5), np.float32), np.zeros((2, 4, 2), np.int32),
-     TypeError, "candidates must have a floating dtype"),
+     TypeError, "candidates must have a floating dtype, got int32."),
 ])
 def test_select_uncertain_points_bad_input(logits, coords, err, match):
   with pytest.raises(err, match=match):
@@ -382,10 +689,12 @@ def _logits(seed=0, n=4, h=16, w=12):
   return jnp.asarray(rng.normal(size=(n, 1, h, w)) * 3, jnp.float32)
 
 
-def test_sample_points_structure_reproducible_from_documented_keys():
+def test_sample_points_structure_reproducible_from_documented_keys(
+    implementation):
   key = jax.random.key(7)
   logits = _logits()
-  points = sample_points(key, logits, num_points=30)
+  points = sample_points(key, logits, num_points=30,
+                         implementation=implementation)
   assert points.shape == (4, 30, 2) and points.dtype == jnp.float32
   assert bool(jnp.all((points >= 0) & (points < 1)))
   num_uncertain = int(0.75 * 30)  # 22 kept, 8 fresh
@@ -393,87 +702,130 @@ def test_sample_points_structure_reproducible_from_documented_keys():
   np.testing.assert_array_equal(
       points[:, :num_uncertain],
       select_uncertain_points(logits, candidates,
-                                      num_uncertain=num_uncertain))
+                              num_uncertain=num_uncertain,
+                              implementation=implementation))
   np.testing.assert_array_equal(points[:, num_uncertain:], fresh)
 
 
-def test_sample_points_ratio_extremes():
+def test_sample_points_implementations_agree():
+  """The same draws bit for bit and the same selected sets."""
+  key = jax.random.key(20)
+  logits = _logits(seed=3, n=6, h=20, w=24)
+  candidates, fresh = documented_draws(key, 6, 300, 25)
+  want = sample_points(key, logits, num_points=100, implementation="plain")
+  for implementation in ("xla_cpu", None):
+    got = sample_points(key, logits, num_points=100,
+                        implementation=implementation)
+    np.testing.assert_array_equal(got[:, 75:], fresh)
+    np.testing.assert_array_equal(got[:, 75:], want[:, 75:])
+    assert_same_selection_as_plain(got[:, :75], logits, candidates, 75,
+                                   implementation or "xla_cpu")
+
+
+def test_sample_points_ratio_extremes(implementation):
   key = jax.random.key(8)
   logits = _logits()
   # importance_sample_ratio 0: all points fresh.
   _, fresh = documented_draws(key, 4, 60, 20)
   np.testing.assert_array_equal(
-      sample_points(key, logits, num_points=20, importance_sample_ratio=0.0),
+      sample_points(key, logits, num_points=20, importance_sample_ratio=0.0,
+                    implementation=implementation),
       fresh)
   # importance_sample_ratio 1 and oversample_ratio 1: every candidate is kept
   # (in an unspecified order).
   points = sample_points(key, logits, num_points=20, oversample_ratio=1.0,
-                         importance_sample_ratio=1.0)
+                         importance_sample_ratio=1.0,
+                         implementation=implementation)
   candidates, _ = documented_draws(key, 4, 20, 0)
-  for i in range(4):
-    assert sorted(map(tuple, np.asarray(points[i]))) == sorted(
-        map(tuple, np.asarray(candidates[i])))
+  assert_same_points(points, candidates, ordered=False)
 
 
-def test_sample_points_prefers_uncertain_region():
+def test_sample_points_prefers_uncertain_region(implementation):
   # Logits are 0 (maximally uncertain) on the left half, 10 elsewhere: about
   # 41 of the 90 candidates read exactly 0, so all 22 kept points do.
   logits = jnp.full((4, 1, 16, 12), 10.0).at[..., :6].set(0.0)
-  points = sample_points(jax.random.key(9), logits, num_points=30)
+  points = sample_points(jax.random.key(9), logits, num_points=30,
+                         implementation=implementation)
   assert bool(jnp.all(points[:, :22, 0] < 5.5 / 12))
   assert not bool(jnp.all(points[:, 22:, 0] < 5.5 / 12))  # fresh: anywhere
 
 
-def test_sample_points_determinism_and_keys():
+def test_sample_points_determinism_and_keys(implementation):
   logits = _logits()
-  f = lambda k: sample_points(k, logits,
-                                                        num_points=30)
+  f = lambda k: sample_points(k, logits, num_points=30,
+                              implementation=implementation)
   np.testing.assert_array_equal(f(jax.random.key(1)), f(jax.random.key(1)))
   assert not np.array_equal(f(jax.random.key(1)), f(jax.random.key(2)))
+  # A raw uint32[2] key draws as its typed twin does.
+  np.testing.assert_array_equal(f(jax.random.PRNGKey(1)),
+                                f(jax.random.wrap_key_data(
+                                    jax.random.key_data(jax.random.PRNGKey(
+                                        1)))))
 
 
-def test_sample_points_jit_vmap_no_grad_no_retrace():
+def test_sample_points_jit_vmap_no_grad_no_retrace(implementation):
   logits = _logits()
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def f(key, x):
-    return jaxmask.sample_points_using_uncertainty(key, x, num_points=30)
+    return jaxmask.sample_points_using_uncertainty(
+        key, x, num_points=30, implementation=implementation)
 
   chex.clear_trace_counter()
-  np.testing.assert_array_equal(f(jax.random.key(3), logits),
-                                sample_points(jax.random.key(3), logits,
-                                              num_points=30))
+  np.testing.assert_array_equal(
+      f(jax.random.key(3), logits),
+      sample_points(jax.random.key(3), logits, num_points=30,
+                    implementation=implementation))
   f(jax.random.key(4), logits + 1)  # same shapes: no second trace
   # vmap over keys and masks equals one call per row.
   keys = jax.random.split(jax.random.key(5), 4)
   batched = jax.jit(jax.vmap(
       lambda k, x: jaxmask.sample_points_using_uncertainty(
-          k, x[None], num_points=30)[0]))(keys, logits)
+          k, x[None], num_points=30, implementation=implementation)[0]))(
+              keys, logits)
   for i in range(4):
     np.testing.assert_array_equal(
-        batched[i], sample_points(keys[i], logits[i:i + 1], num_points=30)[0])
+        batched[i], sample_points(keys[i], logits[i:i + 1], num_points=30,
+                                  implementation=implementation)[0])
   grad = jax.jit(jax.grad(lambda x: jaxmask.sample_points_using_uncertainty(
-      jax.random.key(3), x, num_points=30).sum()))(logits)
+      jax.random.key(3), x, num_points=30,
+      implementation=implementation).sum()))(logits)
   np.testing.assert_array_equal(grad, jnp.zeros_like(logits))
 
 
+def test_sample_points_no_masks(implementation):
+  points = jaxmask.sample_points_using_uncertainty(
+      jax.random.key(0), jnp.zeros((0, 1, 8, 8)), num_points=10,
+      implementation=implementation)
+  assert points.shape == (0, 10, 2) and points.dtype == jnp.float32
+
+
 @pytest.mark.parametrize("kwargs,err,match", [
-    (dict(num_points=0), ValueError, "num_points"),
-    (dict(num_points=10.0), TypeError, "num_points"),
-    (dict(num_points=True), TypeError, "num_points"),
+    (dict(num_points=0), ValueError, "num_points must be >= 1, got 0"),
+    (dict(num_points=10.0), TypeError,
+     "num_points must be a Python int, got 10.0"),
+    (dict(num_points=True), TypeError,
+     "num_points must be a Python int, got True"),
     (dict(num_points=10, oversample_ratio=0.5), ValueError,
-     "oversample_ratio"),
+     r"oversample_ratio must be a finite number in \[1.0, "),
     (dict(num_points=10, oversample_ratio=float("nan")), ValueError,
-     "oversample_ratio"),
+     "oversample_ratio must be a finite number in .*, got nan"),
+    (dict(num_points=10, oversample_ratio=float("inf")), ValueError,
+     "oversample_ratio must be a finite number in .*, got inf"),
     (dict(num_points=10, importance_sample_ratio=-0.1), ValueError,
-     "importance_sample_ratio"),
+     r"importance_sample_ratio must be a finite number in \[0.0, 1.0\], got"
+     r" -0.1"),
     (dict(num_points=10, importance_sample_ratio=1.5), ValueError,
-     "importance_sample_ratio"),
+     r"importance_sample_ratio must be a finite number in \[0.0, 1.0\], got"
+     r" 1.5"),
     (dict(num_points=10, oversample_ratio="3"), TypeError,
-     "oversample_ratio"),
+     "oversample_ratio must be a Python number, got '3'"),
     (dict(num_points=10, importance_sample_ratio=None), TypeError,
-     "importance_sample_ratio"),
+     "importance_sample_ratio must be a Python number, got None"),
+    (dict(num_points=10, implementation="gpu"), ValueError,
+     r"implementation must be one of \(None, 'plain', 'xla_cpu'\), got"
+     " 'gpu'"),
 ])
 def test_sample_points_bad_options(kwargs, err, match):
   with pytest.raises(err, match=match):
@@ -481,10 +833,27 @@ def test_sample_points_bad_options(kwargs, err, match):
                                             **kwargs)
 
 
+@pytest.mark.parametrize("key,err,match", [
+    (0, TypeError, "key must be a jax.random key"),
+    (np.zeros(2, np.uint32), TypeError, "key must be a jax.random key"),
+    (jnp.zeros(3, jnp.uint32), TypeError, "key must be a jax.random key"),
+    (jnp.zeros(2, jnp.int32), TypeError, "key must be a jax.random key"),
+    (jax.random.split(jax.random.key(0), 2), ValueError,
+     "key must be a single key"),
+])
+def test_sample_points_bad_key(key, err, match):
+  with pytest.raises(err, match=match):
+    jaxmask.sample_points_using_uncertainty(key, _logits(), num_points=10)
+
+
 @pytest.mark.parametrize("logits,err,match", [
-    (np.zeros((2, 8, 8), np.float32), ValueError, "logits must have shape"),
-    (np.zeros((2, 2, 8, 8), np.float32), ValueError, "single channel"),
-    (np.zeros((2, 1, 8, 8), np.int32), TypeError, "floating"),
+    (np.zeros((2, 8, 8), np.float32), ValueError,
+     r"logits must have shape \[num_masks, 1, height, width\], got"
+     r" \(2, 8, 8\)\."),
+    (np.zeros((2, 2, 8, 8), np.float32), ValueError,
+     "logits must have a single channel"),
+    (np.zeros((2, 1, 8, 8), np.int32), TypeError,
+     "logits must have a floating dtype, got int32."),
 ])
 def test_sample_points_bad_logits(logits, err, match):
   with pytest.raises(err, match=match):
@@ -495,13 +864,13 @@ def test_sample_points_bad_logits(logits, err, match):
 # ---------------------------------------------------------------- on the grid
 
 
-def test_on_grid_hand_oracle():
+def test_on_grid_hand_oracle(implementation):
   rng = np.random.default_rng(10)
   n, h, w = 3, 5, 7
   scores = rng.permutation(n * h * w).reshape(n, 1, h, w).astype(np.float32)
-  indices, coords = on_grid(scores,
-                                                           num_points=9)
+  indices, coords = on_grid(scores, num_points=9)
   assert indices.shape == (n, 9) and indices.dtype == jnp.int32
+  assert coords.dtype == jnp.float32
   for i in range(n):
     expected = np.argsort(-scores[i].ravel(), kind="stable")[:9]
     np.testing.assert_array_equal(indices[i], expected)
@@ -510,21 +879,25 @@ def test_on_grid_hand_oracle():
                              (expected // w + 0.5) / h], -1), atol=1e-7)
   # Cell centres sample the map at exactly the chosen cells.
   np.testing.assert_allclose(
-      point_sample(scores, coords)[:, 0],
+      point_sample(scores, coords, implementation=implementation)[:, 0],
       np.take_along_axis(scores.reshape(n, -1), np.asarray(indices), 1),
       rtol=1e-6)
   # num_points above H * W clamps to H * W.
-  indices, coords = on_grid(scores,
-                                                           num_points=1000)
+  indices, coords = on_grid(scores, num_points=1000)
   assert indices.shape == (n, h * w) and coords.shape == (n, h * w, 2)
 
 
 @pytest.mark.parametrize("scores,num_points,err,match", [
-    (np.zeros((2, 5, 5), np.float32), 3, ValueError, "uncertainty_map"),
-    (np.zeros((2, 2, 5, 5), np.float32), 3, ValueError, "single channel"),
-    (np.zeros((2, 1, 5, 5), np.int32), 3, TypeError, "uncertainty_map"),
-    (np.zeros((2, 1, 5, 5), np.float32), 0, ValueError, "num_points"),
-    (np.zeros((2, 1, 5, 5), np.float32), 2.5, TypeError, "num_points"),
+    (np.zeros((2, 5, 5), np.float32), 3, ValueError,
+     r"uncertainty_map must have shape \[num_masks, 1, height, width\]"),
+    (np.zeros((2, 2, 5, 5), np.float32), 3, ValueError,
+     "uncertainty_map must have a single channel"),
+    (np.zeros((2, 1, 5, 5), np.int32), 3, TypeError,
+     "uncertainty_map must have a floating dtype, got int32."),
+    (np.zeros((2, 1, 5, 5), np.float32), 0, ValueError,
+     "num_points must be >= 1, got 0"),
+    (np.zeros((2, 1, 5, 5), np.float32), 2.5, TypeError,
+     "num_points must be a Python int, got 2.5"),
 ])
 def test_on_grid_bad_input(scores, num_points, err, match):
   with pytest.raises(err, match=match):
@@ -532,19 +905,14 @@ def test_on_grid_bad_input(scores, num_points, err, match):
 
 
 # ------------------------------------------------------------------- API rules
+# (Keyword-only defaults and the key first: test_api.py, for every function.)
 
 
 @pytest.mark.parametrize("name", [
-    "point_sample", "point_sample_single", "calculate_uncertainty",
-    "select_uncertain_points", "sample_points_using_uncertainty",
-    "uncertain_point_coords_on_grid", "sigmoid_ce_loss", "dice_loss",
-    "pairwise_sigmoid_ce_loss", "pairwise_dice_loss", "point_mask_losses",
-    "num_masks_normalizer"])
-def test_api_defaults_are_keyword_only_and_key_first(name):
-  params = inspect.signature(getattr(jaxmask, name)).parameters.values()
-  for param in params:
-    if param.default is not inspect.Parameter.empty:
-      assert param.kind == inspect.Parameter.KEYWORD_ONLY, param.name
-  names = [p.name for p in params]
-  if "key" in names:
-    assert names[0] == "key"
+    "point_sample", "point_sample_single", "select_uncertain_points",
+    "sample_points_using_uncertainty", "point_mask_losses", "top_k_indices"])
+def test_implementation_is_a_keyword_only_option(name):
+  param = inspect.signature(getattr(jaxmask, name)).parameters[
+      "implementation"]
+  assert param.kind == inspect.Parameter.KEYWORD_ONLY
+  assert param.default is None

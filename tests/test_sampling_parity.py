@@ -15,12 +15,15 @@ Tolerances (float32):
   on-grid indices and coordinates: exact;
   losses and matcher costs: rtol 1e-5; gradients: atol 1e-6 relative to
     the largest gradient entry.
+
+Every case of sampling, selection and the point losses runs over both
+implementations (the `implementation` fixture: the plain algorithm and the
+XLA:CPU kernel), each against torch_ref under the same tolerances.
 """
 
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,17 +31,21 @@ import jaxmask
 import _rules
 
 torch = pytest.importorskip("torch")
-import torch_ref  # pylint: disable=g-import-not-at-top
+import torch_ref  # noqa: E402  # pylint: disable=g-import-not-at-top
 
 torch.set_num_threads(2)
 
-point_sample = jax.jit(jaxmask.point_sample)
-select_uncertain_points = jax.jit(jaxmask.select_uncertain_points,
-                                  static_argnames=("num_uncertain",))
+point_sample = jax.jit(jaxmask.point_sample,
+                       static_argnames=("implementation",))
+point_sample_single = jax.jit(jaxmask.point_sample_single,
+                              static_argnames=("implementation",))
+select_uncertain_points = jax.jit(
+    jaxmask.select_uncertain_points,
+    static_argnames=("num_uncertain", "implementation"))
 sample_points = jax.jit(
     jaxmask.sample_points_using_uncertainty,
     static_argnames=("num_points", "oversample_ratio",
-                     "importance_sample_ratio"))
+                     "importance_sample_ratio", "implementation"))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -59,15 +66,21 @@ def torch_scores(logits, candidates):
                  .numpy())
 
 
-def jax_scores(logits, candidates):
-  return -np.abs(np.asarray(point_sample(logits, candidates))[:, 0])
+def jax_scores(logits, candidates, implementation):
+  return -np.abs(np.asarray(point_sample(
+      logits, candidates, implementation=implementation))[:, 0])
 
 
-def assert_same_selection(got, want, logits, candidates, k, tol=1e-5):
-  """Selected sets equal up to near-ties at the k-th score (`_rules.py`)."""
+def assert_same_selection(got, want, logits, candidates, k, implementation,
+                          tol=1e-5):
+  """Selected sets equal up to near-ties at the k-th score (`_rules.py`).
+
+  jaxmask's scores are those of the implementation that selected `got`.
+  """
   candidates = np.asarray(candidates)
   _rules.assert_same_selection(
-      got, want, candidates, got_scores=jax_scores(logits, candidates),
+      got, want, candidates,
+      got_scores=jax_scores(logits, candidates, implementation),
       want_scores=torch_scores(logits, candidates), k=k, tol=tol)
 
 
@@ -76,27 +89,30 @@ def assert_same_selection(got, want, logits, candidates, k, tol=1e-5):
 
 @pytest.mark.parametrize("n,c,h,w", [(3, 1, 16, 16), (2, 3, 7, 11),
                                      (2, 2, 1, 9), (2, 1, 8, 1)])
-def test_point_sample_parity(n, c, h, w):
+def test_point_sample_parity(implementation, n, c, h, w):
   rng = np.random.default_rng(n * 100 + c * 10 + h)
   inputs = (rng.normal(size=(n, c, h, w)) * 3).astype(np.float32)
   coords = rng.uniform(-0.1, 1.1, size=(n, 300, 2)).astype(np.float32)
   expected = torch_ref.point_sample(t(inputs), t(coords)).numpy()
-  np.testing.assert_allclose(point_sample(inputs, coords), expected,
-                             atol=5e-6)
   np.testing.assert_allclose(
-      jaxmask.point_sample_single(inputs[0], coords[0]),
+      point_sample(inputs, coords, implementation=implementation), expected,
+      atol=5e-6)
+  np.testing.assert_allclose(
+      point_sample_single(inputs[0], coords[0],
+                          implementation=implementation),
       torch_ref.point_sample_single(t(inputs[0]), t(coords[0])).numpy(),
       atol=5e-6)
 
 
 @pytest.mark.parametrize("c", [1, 2])
-def test_point_sample_gradients_parity(c):
+def test_point_sample_gradients_parity(implementation, c):
   rng = np.random.default_rng(1)
   inputs = rng.normal(size=(2, c, 6, 9)).astype(np.float32)
   coords = rng.uniform(-0.1, 1.1, size=(2, 50, 2)).astype(np.float32)
   weights = rng.normal(size=(2, c, 50)).astype(np.float32)
   grads = jax.jit(jax.grad(
-      lambda x, c: (jaxmask.point_sample(x, c) * weights).sum(),
+      lambda x, c: (jaxmask.point_sample(
+          x, c, implementation=implementation) * weights).sum(),
       argnums=(0, 1)))(inputs, coords)
   x, c = t(inputs).requires_grad_(), t(coords).requires_grad_()
   (torch_ref.point_sample(x, c) * t(weights)).sum().backward()
@@ -109,17 +125,31 @@ def test_point_sample_gradients_parity(c):
 # --------------------------------------------------------------- selection
 
 
-def test_select_uncertain_points_parity():
+def test_select_uncertain_points_parity(implementation):
   rng = np.random.default_rng(2)
   logits = (rng.normal(size=(5, 1, 20, 16)) * 3).astype(np.float32)
   candidates = rng.uniform(size=(5, 120, 2)).astype(np.float32)
-  got = select_uncertain_points(logits, candidates, num_uncertain=40)
+  got = select_uncertain_points(logits, candidates, num_uncertain=40,
+                                implementation=implementation)
   want = torch_ref.select_uncertain_points(t(logits), t(candidates),
                                            num_uncertain=40).numpy()
-  assert_same_selection(got, want, logits, candidates, 40)
+  assert_same_selection(got, want, logits, candidates, 40, implementation)
 
 
-def test_select_uncertain_points_ties_compare_sets():
+def test_select_uncertain_points_parity_rows_of_4096_or_more(implementation):
+  # Rows long enough for the kernel's bracketed top-k (Mask2Former's 37632
+  # candidates are in test_point_mask_losses_parity_mask2former_sizes).
+  rng = np.random.default_rng(12)
+  logits = (rng.normal(size=(3, 1, 48, 40)) * 3).astype(np.float32)
+  candidates = rng.uniform(size=(3, 6000, 2)).astype(np.float32)
+  got = select_uncertain_points(logits, candidates, num_uncertain=1500,
+                                implementation=implementation)
+  want = torch_ref.select_uncertain_points(t(logits), t(candidates),
+                                           num_uncertain=1500).numpy()
+  assert_same_selection(got, want, logits, candidates, 1500, implementation)
+
+
+def test_select_uncertain_points_ties_compare_sets(implementation):
   # Integer logits at pixel centres: many exact ties in the uncertainty. Both
   # keep every candidate strictly above the k-th score and the same number at
   # it; which tied candidates are kept may differ.
@@ -131,23 +161,26 @@ def test_select_uncertain_points_ties_compare_sets():
                         -1).astype(np.float32)
   k = 25
   got = np.asarray(select_uncertain_points(logits, candidates,
-                                           num_uncertain=k))
+                                           num_uncertain=k,
+                                           implementation=implementation))
   want = torch_ref.select_uncertain_points(t(logits), t(candidates),
                                            num_uncertain=k).numpy()
   for row in range(3):
-    score = lambda pts: -np.abs(np.asarray(point_sample(
-        logits[row:row + 1], pts[None].astype(np.float32)))[0, 0])
+    score = lambda pts, row=row: -np.abs(np.asarray(point_sample(
+        logits[row:row + 1], pts[None].astype(np.float32),
+        implementation=implementation))[0, 0])
     got_scores, want_scores = score(got[row]), score(want[row])
     np.testing.assert_allclose(np.sort(got_scores), np.sort(want_scores),
                                atol=1e-6)
     kth = np.sort(want_scores)[0]
-    strict = lambda pts, s: set(map(tuple, pts[s > kth + 1e-6]))
+    strict = lambda pts, s, kth=kth: set(map(tuple, pts[s > kth + 1e-6]))
     assert strict(got[row], got_scores) == strict(want[row], want_scores)
 
 
 @pytest.mark.parametrize("ratios", [(3.0, 0.75), (1.0, 1.0), (2.0, 0.0),
                                     (1.5, 0.5)])
-def test_sample_points_parity_with_injected_randomness(ratios):
+def test_sample_points_parity_with_injected_randomness(implementation,
+                                                      ratios):
   oversample_ratio, importance_sample_ratio = ratios
   rng = np.random.default_rng(4)
   logits = (rng.normal(size=(4, 1, 24, 20)) * 3).astype(np.float32)
@@ -155,7 +188,8 @@ def test_sample_points_parity_with_injected_randomness(ratios):
   num_points = 40
   got = sample_points(
       key, logits, num_points=num_points, oversample_ratio=oversample_ratio,
-      importance_sample_ratio=importance_sample_ratio)
+      importance_sample_ratio=importance_sample_ratio,
+      implementation=implementation)
   num_candidates = int(num_points * oversample_ratio)
   k = int(importance_sample_ratio * num_points)
   candidates, fresh = map(np.asarray, documented_draws(
@@ -167,7 +201,8 @@ def test_sample_points_parity_with_injected_randomness(ratios):
   assert got.shape == want.shape == (4, num_points, 2)
   np.testing.assert_array_equal(got[:, k:], want[:, k:])  # fresh points
   if k:
-    assert_same_selection(got[:, :k], want[:, :k], logits, candidates, k)
+    assert_same_selection(got[:, :k], want[:, :k], logits, candidates, k,
+                          implementation)
 
 
 def test_on_grid_parity():
@@ -215,22 +250,25 @@ def test_num_masks_normalizer_parity():
         torch_ref.num_masks_normalizer(count))
 
 
-def _jax_losses_and_grad(key, pred, target, num_points):
+def _jax_losses_and_grad(key, pred, target, num_points, implementation):
   def total(p):
-    loss_mask, loss_dice = jaxmask.point_mask_losses(
-        key, p, target, float(pred.shape[0]), num_points=num_points)
-    return loss_mask + loss_dice, (loss_mask, loss_dice)
+    losses = jaxmask.point_mask_losses(
+        key, p, target, float(pred.shape[0]), num_points=num_points,
+        implementation=implementation)
+    return losses.loss_mask + losses.loss_dice, losses
   (_, losses), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(pred)
   return losses, grad
 
 
-def check_point_mask_losses_parity(n, h, w, th, tw, num_points, seed):
+def check_point_mask_losses_parity(n, h, w, th, tw, num_points, seed,
+                                   implementation):
   rng = np.random.default_rng(seed)
   pred = (rng.normal(size=(n, h, w)) * 3).astype(np.float32)
   target = (rng.uniform(size=(n, th, tw)) > 0.5).astype(np.float32)
   key = jax.random.key(seed)
   (loss_mask, loss_dice), grad = _jax_losses_and_grad(key, pred, target,
-                                                      num_points)
+                                                      num_points,
+                                                      implementation)
   k = int(0.75 * num_points)
   candidates, fresh = map(np.asarray, documented_draws(
       key, n, int(3.0 * num_points), num_points - k))
@@ -246,11 +284,13 @@ def check_point_mask_losses_parity(n, h, w, th, tw, num_points, seed):
                              atol=1e-6 * np.abs(want_grad).max())
 
 
-def test_point_mask_losses_parity_target_at_other_resolution():
-  check_point_mask_losses_parity(5, 20, 16, 40, 28, num_points=64, seed=8)
+def test_point_mask_losses_parity_target_at_other_resolution(implementation):
+  check_point_mask_losses_parity(5, 20, 16, 40, 28, num_points=64, seed=8,
+                                 implementation=implementation)
 
 
-def test_point_mask_losses_parity_mask2former_sizes():
-  # The defaults once: 200 masks of 128x128, P = 12544 (37632 candidates).
+def test_point_mask_losses_parity_mask2former_sizes(implementation):
+  # The defaults once: 200 masks of 128x128, P = 12544 (37632 candidates:
+  # the kernel selects in chunks of masks, with the bracketed top-k).
   check_point_mask_losses_parity(200, 128, 128, 128, 128, num_points=12544,
-                                 seed=9)
+                                 seed=9, implementation=implementation)

@@ -262,10 +262,12 @@ def select_uncertain_points(
   Mask2Former's `get_uncertain_point_coords_with_randomness`, written as a
   per-row gather. No gradient flows through the result.
 
-  Every implementation selects the same set; the order within a row differs:
-  the plain algorithm returns decreasing uncertainty (as Mask2Former), the
-  XLA:CPU kernel increasing candidate index. The losses built on the points
-  are sums, so the order does not matter there.
+  Every implementation selects the same set; only the order within a row
+  differs: the plain algorithm returns decreasing uncertainty (as
+  Mask2Former); the XLA:CPU kernel's order is unspecified (increasing
+  candidate index for rows of 4096 candidates or more, `lax.top_k`'s below).
+  The losses built on the points are sums, so the order does not matter
+  there.
 
   Args:
     logits: `[num_masks, 1, height, width]` floating mask logits.
