@@ -75,7 +75,12 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
   gives NaN.
 
   Any NaN in `values` gives NaN, as in NumPy; infinities interpolate as in
-  NumPy (`inf - inf` is NaN).
+  NumPy (`inf - inf` is NaN); the sign of a zero result is NumPy's.
+
+  Subnormals: XLA:CPU reads and writes float32 subnormals (magnitudes below
+  2**-126) as zero (denormals-are-zero, flush-to-zero). The exactness holds
+  where the values, their differences and the weight are zero or normal;
+  `tests/test_properties.py` records the subnormal cases that differ.
 
   Args:
     values: `[n]` floating array, `n >= 1`; half precision is upcast to
@@ -99,9 +104,15 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
 
   if isinstance(q, numbers.Real):
     rank = (n - 1) * (float(q) / 100.0)  # float64, as NumPy
-    lo = min(math.floor(rank), n - 1)
-    hi = min(lo + 1, n - 1)
-    gamma = rank - lo if rank < n - 1 else 0.0
+    if rank >= n - 1:
+      # NumPy's top rank: both neighbours are v[-1], and the weight is taken
+      # against index -1 (rank + 1 >= 1), which keeps the sign of a -0.
+      lo = hi = n - 1
+      gamma = rank + 1
+    else:
+      lo = math.floor(rank)
+      hi = lo + 1
+      gamma = rank - lo
     # NumPy rounds the float64 weight (or 1 - weight) to the array dtype.
     a, b = v[lo], v[hi]
     d = b - a
@@ -111,12 +122,20 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
       out = a + _opaque(d * jnp.asarray(gamma, v.dtype), zero)
   else:
     q = jnp.asarray(q, jnp.float32)
-    quantile = q / _opaque(jnp.float32(100.0), zero)
-    rank = jnp.clip(quantile * jnp.float32(n - 1), 0.0, n - 1)
-    lo = jnp.floor(rank)
-    gamma = (rank - lo).astype(v.dtype)
-    lo = lo.astype(jnp.int32)
+    # XLA turns a division by a constant or a broadcast (q batched by vmap)
+    # into a multiply by its reciprocal; a divisor it cannot see through,
+    # one per q, keeps NumPy's division.
+    q_bits = lax.bitcast_convert_type(q, jnp.int32)
+    hundred = _opaque(jnp.full(q.shape, 100.0, jnp.float32),
+                      jnp.where(has_nan, q_bits, 0))
+    rank = (q / hundred) * jnp.float32(n - 1)  # in [-0, n - 1] for q in range
+    top = rank >= n - 1
+    lo = jnp.clip(jnp.floor(rank), 0, n - 1).astype(jnp.int32)
+    # NumPy's weight: rank minus the integer index (so -0 stays -0), and
+    # against index -1 at the top rank.
+    gamma = jnp.where(top, rank + 1, rank - lo.astype(jnp.float32))
+    lo = jnp.where(top, n - 1, lo)
     hi = jnp.minimum(lo + 1, n - 1)
-    out = _lerp(v[lo], v[hi], gamma, zero)
+    out = _lerp(v[lo], v[hi], gamma.astype(v.dtype), zero)
     has_nan |= ~((q >= 0) & (q <= 100))  # out of range, or NaN
   return jnp.where(has_nan, jnp.asarray(jnp.nan, v.dtype), out)

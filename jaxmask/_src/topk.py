@@ -42,7 +42,9 @@ def top_k_indices(
   exactly that set, ties included; only the order within a row differs: the
   plain path returns decreasing values, the XLA:CPU kernel (a sample-bracket
   selection several times faster than XLA:CPU's sort-based `lax.top_k`)
-  increasing indices. No gradient flows through the result.
+  increasing indices. No gradient flows through the result. (One exception
+  on CPUs with AVX512-BF16: XLA:CPU's `lax.top_k` of bfloat16 scores reads
+  subnormals as zero, where the kernel orders them as above.)
 
   Equivalent to `torch.topk(scores, k, sorted=False).indices` as a set, up to
   the order of equal values.
