@@ -184,7 +184,7 @@ def bench_parts(n, size, reps, rows, faults=None):
        lambda: torch.topk(ts, K, dim=1, sorted=False)),
       ("lax.top_k (implementation='plain') vs torch.topk", plain,
        lambda: torch.topk(ts, K, dim=1))):
-    jt, tt, c = _compare(lambda: jax_fn(js), torch_fn, reps)
+    jt, tt, c = _compare(lambda jax_fn=jax_fn: jax_fn(js), torch_fn, reps)
     rows.append((f"{name}, {n}×{M}, k={K}", jt, tt, f"{c:.1f} s"))
 
   key = jax.random.key(0)
@@ -192,8 +192,8 @@ def bench_parts(n, size, reps, rows, faults=None):
                      ("jaxmask's unrolled Threefry (same bits)",
                       xla_cpu_threefry.uniform)):
     uniform = jax.jit(lambda k, draw=draw: draw(k, (n, M, 2)))
-    jt, tt, c = _compare(lambda: uniform(key), lambda: torch.rand(n, M, 2),
-                         reps)
+    jt, tt, c = _compare(lambda uniform=uniform: uniform(key),
+                         lambda: torch.rand(n, M, 2), reps)
     rows.append((f"candidates {n}×{M}×2: {name} vs torch.rand", jt, tt,
                  f"{c:.1f} s"))
 
@@ -270,7 +270,8 @@ def bench_memory(n, target_size, reps, mem_rows):
     mem = compiled.memory_analysis()
     peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
             + mem.temp_size_in_bytes)
-    times = _time(lambda: jax.block_until_ready(compiled(*args)), reps)
+    times = _time(lambda compiled=compiled: jax.block_until_ready(compiled(*args)),
+                  reps)
     result.append((name, peak, mem.temp_size_in_bytes, times))
   mem_rows.append((n, low, target_size, result))
 

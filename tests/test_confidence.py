@@ -179,7 +179,8 @@ def test_bad_input():
     jaxmask.confidence_masks(jnp.ones(5))
   with pytest.raises(ValueError, match=r"logits must have shape"):
     jaxmask.confidence_masks(jnp.ones((2, 3, 4)))
-  with pytest.raises(ValueError, match=r"logits must have shape \[batch, num_classes\] with batch >= 1"):
+  with pytest.raises(ValueError, match=r"logits must have shape \[batch,"
+                     r" num_classes\] with batch >= 1"):
     jaxmask.confidence_masks(jnp.ones((0, 3)))
   with pytest.raises(TypeError, match="logits must have a floating dtype"):
     jaxmask.confidence_masks(jnp.ones((4, 3), jnp.int32))

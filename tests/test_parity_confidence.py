@@ -116,10 +116,12 @@ def test_single_losses_and_gradients_match_torch_ref(batch, classes):
   for loss, kw, ref in cases:
     # The temperature is traced: one compilation serves every temperature.
     value_and_grad = jax.jit(jax.value_and_grad(
-        lambda a, b, T: loss(a, b, temperature=T, **kw), argnums=(0, 1)))
+        lambda a, b, T, loss=loss, kw=kw: loss(a, b, temperature=T, **kw),
+        argnums=(0, 1)))
     for T in TEMPERATURES:
       got, got_grads = value_and_grad(s, t, T)
-      want, want_grads = _torch_grads(lambda a, b: ref(a, b, T), s, t)
+      want, want_grads = _torch_grads(lambda a, b, ref=ref, T=T: ref(a, b, T),
+                                      s, t)
       msg = f"{loss.__name__} {kw.keys()} T={T}"
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=msg)
       for g, w in zip(got_grads, want_grads):
@@ -142,7 +144,7 @@ def test_mlkd_objective_and_gradients_match_torch_ref(batch, classes, mode):
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-7, err_msg=f"T={T}")
     _, want_grads = _torch_grads(
-        lambda sw, ss: sum(torch_ref.mlkd_loss(
+        lambda sw, ss, T=T: sum(torch_ref.mlkd_loss(
             sw, ss, *map(torch.from_numpy, views[2:]), temperature=T,
             mode=mode)), views[0], views[1])
     for g, w in zip(grads, want_grads):

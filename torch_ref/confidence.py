@@ -1,4 +1,7 @@
-"""Confidence masks, transcribed from MLKD's released code (`forward_train` in `mdistiller/distillers/KD_ours.py`)."""
+"""Confidence masks, transcribed from MLKD's released code.
+
+`forward_train` in `mdistiller/distillers/KD_ours.py` (Jin et al., CVPR 2023).
+"""
 
 from typing import NamedTuple
 

@@ -4,7 +4,6 @@ Reference: Jin, Wang, Lin, "Multi-Level Logit Distillation", CVPR 2023, and its
 released code (`mdistiller/distillers/KD_ours.py`).
 """
 
-import numbers
 from typing import Literal, NamedTuple
 
 import jax

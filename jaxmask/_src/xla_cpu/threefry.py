@@ -76,8 +76,8 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
                  first_row: jax.Array | int) -> jax.Array:
   """Rows `first_row, ...` of `uniform(key, (R, *shape[1:]))`, for any R.
 
-  Only where `can_draw_rows(key, (R, *shape[1:]))`. The draw is materialised: fused into a gathering consumer the hash runs ~8x
-  slower.
+  Only where `can_draw_rows(key, (R, *shape[1:]))`. The draw is
+  materialised: fused into a gathering consumer the hash runs ~8x slower.
   """
   row_size = math.prod(shape[1:])
   return barrier.computed_apart(
