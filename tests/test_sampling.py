@@ -158,10 +158,12 @@ def assert_same_selection_as_plain(got, logits, candidates, k,
 
 @pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
                                      (2, 1, 6, 1), (1, 1, 1, 1)])
-def test_point_sample_matches_float64_oracle(implementation, n, c, h, w):
+def test_point_sample_matches_float64_oracle(variant, implementation, n, c, h,
+                                             w):
   # Coordinates in [-0.1, 1.1] exercise the per-neighbour zero padding.
   inputs, coords = _data(0, n, c, h, w, 200, -0.1, 1.1)
-  out = point_sample(inputs, coords, implementation=implementation)
+  out = variant(jaxmask.point_sample, implementation=implementation)(inputs,
+                                                                     coords)
   assert out.shape == (n, c, 200) and out.dtype == jnp.float32
   # float32 positions vs float64: ~1e-6 abs for unit-scale inputs.
   np.testing.assert_allclose(out, np_grid_sample(inputs, coords), atol=2e-6)
@@ -524,7 +526,7 @@ def _centre_candidates(rng, n, h, w, m):
   return coords.astype(np.float32), rows, cols
 
 
-def test_select_uncertain_points_hand_oracle(implementation):
+def test_select_uncertain_points_hand_oracle(variant, implementation):
   rng = np.random.default_rng(5)
   n, h, w, m, k = 3, 6, 7, 30, 8
   # Distinct |logits| so the order is unique.
@@ -532,8 +534,8 @@ def test_select_uncertain_points_hand_oracle(implementation):
   logits = logits.astype(np.float32)
   coords, rows, cols = _centre_candidates(rng, n, h, w, m)
   # A pixel drawn twice gives two equal candidates: their order is moot.
-  out = select_uncertain_points(logits, coords, num_uncertain=k,
-                                implementation=implementation)
+  out = variant(jaxmask.select_uncertain_points, num_uncertain=k,
+                implementation=implementation)(logits, coords)
   assert out.shape == (n, k, 2) and out.dtype == jnp.float32
   for i in range(n):
     scores = -np.abs(logits[i, 0, rows[i], cols[i]])
