@@ -125,28 +125,19 @@ def test_point_sample_gradients_parity(implementation, c):
 # --------------------------------------------------------------- selection
 
 
-def test_select_uncertain_points_parity(implementation):
-  rng = np.random.default_rng(2)
-  logits = (rng.normal(size=(5, 1, 20, 16)) * 3).astype(np.float32)
-  candidates = rng.uniform(size=(5, 120, 2)).astype(np.float32)
-  got = select_uncertain_points(logits, candidates, num_uncertain=40,
+# Rows of 6000 are long enough for the kernel's bracketed top-k (Mask2Former's
+# 37632 candidates are in test_point_mask_losses_parity_mask2former_sizes).
+@pytest.mark.parametrize("seed,n,h,w,m,k", [(2, 5, 20, 16, 120, 40),
+                                            (12, 3, 48, 40, 6000, 1500)])
+def test_select_uncertain_points_parity(implementation, seed, n, h, w, m, k):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=(n, 1, h, w)) * 3).astype(np.float32)
+  candidates = rng.uniform(size=(n, m, 2)).astype(np.float32)
+  got = select_uncertain_points(logits, candidates, num_uncertain=k,
                                 implementation=implementation)
   want = torch_ref.select_uncertain_points(t(logits), t(candidates),
-                                           num_uncertain=40).numpy()
-  assert_same_selection(got, want, logits, candidates, 40, implementation)
-
-
-def test_select_uncertain_points_parity_rows_of_4096_or_more(implementation):
-  # Rows long enough for the kernel's bracketed top-k (Mask2Former's 37632
-  # candidates are in test_point_mask_losses_parity_mask2former_sizes).
-  rng = np.random.default_rng(12)
-  logits = (rng.normal(size=(3, 1, 48, 40)) * 3).astype(np.float32)
-  candidates = rng.uniform(size=(3, 6000, 2)).astype(np.float32)
-  got = select_uncertain_points(logits, candidates, num_uncertain=1500,
-                                implementation=implementation)
-  want = torch_ref.select_uncertain_points(t(logits), t(candidates),
-                                           num_uncertain=1500).numpy()
-  assert_same_selection(got, want, logits, candidates, 1500, implementation)
+                                           num_uncertain=k).numpy()
+  assert_same_selection(got, want, logits, candidates, k, implementation)
 
 
 def test_select_uncertain_points_ties_compare_sets(implementation):
