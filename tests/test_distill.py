@@ -124,5 +124,5 @@ def test_bad_input():
     jaxmask.kd_loss(s, t, temperature=1.0, mask=jnp.ones(5))
   with pytest.raises(ValueError, match=r"class_mask must have shape \[5\]"):
     jaxmask.class_correlation_loss(s, t, temperature=1.0, class_mask=jnp.ones(8))
-  with pytest.raises(ValueError, match="weak and strong"):
+  with pytest.raises(ValueError, match="student_weak and student_strong must have the same shape"):
     jaxmask.mlkd_loss(s, s[:4], t, t[:4])

@@ -238,7 +238,7 @@ def test_on_grid_with_an_empty_map_and_infinite_ratio():
                              temperature=jnp.ones(2)),
      ValueError, "temperature must be a scalar"),
     (lambda: jaxmask.mlkd_loss(*[jnp.ones((0, 3))] * 4), ValueError,
-     r"student_logits must have shape \[batch, num_classes\] with batch >= 1"),
+     r"student_weak must have shape \[batch, num_classes\] with batch >= 1"),
     (lambda: jaxmask.num_masks_normalizer(None), TypeError,
      "num_local_masks must be a real number"),
     (lambda: jaxmask.sample_points_using_uncertainty(

@@ -92,10 +92,13 @@ def test_traced_q_out_of_range_gives_nan_and_empty_masks():
   percentile = jax.jit(jaxmask.percentile)
   masks = jax.jit(lambda x, q: jaxmask.confidence_masks(x, q=q, keep="high"))
   logits = jnp.log(jnp.array([[0.2, 0.8], [0.6, 0.4]]))
+  mask_fn = jax.jit(lambda x, q: jaxmask.percentile_mask(x, q=q))
   for q in (-5.0, -1e-6, 100.001, 250.0, np.nan, np.inf):
     assert np.isnan(percentile(x, jnp.float32(q))), q
-    mask, thr = jaxmask.percentile_mask(x, q=jnp.float32(q))
+    mask, thr = mask_fn(x, jnp.float32(q))
     assert np.isnan(thr) and not mask.any(), q
+    with pytest.raises(ValueError, match=r"q must lie in \[0, 100\]"):
+      jaxmask.percentile_mask(x, q=jnp.float32(q))  # concrete: checked
     out = masks(logits, jnp.float32(q))
     assert np.isnan(out.threshold) and not out.mask.any(), q
     assert np.isnan(out.class_threshold) and not out.class_mask.any(), q

@@ -31,6 +31,20 @@ def upcast(x: jax.Array) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def array(x, name: str) -> jax.Array:
+  """`x` as a JAX array; anything that is not array-like is a TypeError."""
+  if x is None or isinstance(x, (str, bytes)):
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+  try:
+    x = jnp.asarray(x)
+  except (TypeError, ValueError, OverflowError) as err:
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}"
+                    f" ({err}).") from None
+  if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+    raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}.")
+  return x
+
+
 def floating(x: jax.Array, name: str) -> None:
   """Raises TypeError unless `x` has a floating dtype."""
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -52,12 +66,14 @@ def same_size(a: jax.Array, b: jax.Array, axis: int, names: tuple[str, str],
         f" {a.shape} and {b.shape}.")
 
 
-def python_int(value, name: str, low: int = 0) -> int:
-  """A Python (or NumPy) integer `>= low`; bools are rejected."""
+def python_int(value, name: str, low: int = 0, high: int = 2**31 - 1) -> int:
+  """A Python (or NumPy) integer in `[low, high]` (int32 by default)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be a Python int, got {value!r}.")
   if value < low:
     raise ValueError(f"{name} must be >= {low}, got {value}.")
+  if value > high:
+    raise ValueError(f"{name} must be <= {high}, got {value}.")
   return int(value)
 
 
@@ -72,8 +88,8 @@ def python_number(value, name: str, low: float, high: float) -> float:
 
 
 def one_of(value, name: str, choices: tuple) -> None:
-  """Raises ValueError unless `value` is one of `choices`."""
-  if value not in choices:
+  """Raises ValueError unless `value` is one of `choices` (strings or None)."""
+  if not (value is None or isinstance(value, str)) or value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
@@ -93,8 +109,13 @@ def percentile_q(q) -> None:
   if isinstance(q, jax.Array) or hasattr(q, "dtype"):
     if jnp.ndim(q) != 0:
       raise ValueError(f"q must be a scalar, got shape {jnp.shape(q)}.")
-    if not jnp.issubdtype(jnp.result_type(q), jnp.number):
-      raise TypeError(f"q must be numeric, got dtype {jnp.result_type(q)}.")
+    dtype = jnp.result_type(q)
+    if not (jnp.issubdtype(dtype, jnp.integer)
+            or jnp.issubdtype(dtype, jnp.floating)):
+      raise TypeError(f"q must be a real number, got dtype {dtype}.")
+    value = concrete(q)
+    if value is not None and not 0.0 <= float(value) <= 100.0:
+      raise ValueError(f"q must lie in [0, 100], got {value.item()!r}.")
     return
   raise TypeError(f"q must be a number in [0, 100], got {type(q).__name__}.")
 
@@ -117,6 +138,8 @@ def scalar(x, name: str) -> jax.Array:
   """`x` as a real scalar array (a number or a `[]` array); no bools."""
   if isinstance(x, (bool, np.bool_)) or isinstance(x, (str, bytes)) or x is None:
     raise TypeError(f"{name} must be a real number, got {x!r}.")
+  if isinstance(x, int):  # a Python int may not fit int32
+    x = float(x)
   try:
     x = jnp.asarray(x)
   except TypeError:
@@ -128,6 +151,12 @@ def scalar(x, name: str) -> jax.Array:
           or jnp.issubdtype(x.dtype, jnp.floating)):
     raise TypeError(f"{name} must be a real number, got dtype {x.dtype}.")
   return x
+
+
+def callable_(fn, name: str) -> None:
+  """Raises TypeError unless `fn` is callable."""
+  if not callable(fn):
+    raise TypeError(f"{name} must be callable, got {fn!r}.")
 
 
 def positive(x, name: str) -> tuple[jax.Array, jax.Array | bool]:
@@ -155,10 +184,11 @@ def unit_interval(x: jax.Array, name: str) -> jax.Array | bool:
   """
   if x.dtype == jnp.bool_ or 0 in x.shape:
     return True
-  inside = ~jnp.any((x < 0) | (x > 1))
-  if isinstance(inside, jax.core.Tracer):
-    return inside
-  if not bool(inside):
+  if isinstance(x, jax.core.Tracer):
+    return ~jnp.any((x < 0) | (x > 1))
+  with jax.ensure_compile_time_eval():  # a constant inside someone's jit
+    outside = bool(jnp.any((x < 0) | (x > 1)))
+  if outside:
     raise ValueError(
         f"{name} must hold values in [0, 1], got values from"
         f" {jnp.min(x).item()!r} to {jnp.max(x).item()!r}"

@@ -117,7 +117,7 @@ def confidence_masks(
     >>> jax.vmap(jaxmask.confidence_masks)(logits[None]).mask.shape  # batched
     (1, 3)
   """
-  logits = jnp.asarray(logits)
+  logits = checks.array(logits, "logits")
   checks.rank(logits, "logits", "[batch, num_classes]")
   if logits.shape[0] < 1 or logits.shape[1] < 1:
     raise ValueError("logits must have shape [batch, num_classes] with batch"

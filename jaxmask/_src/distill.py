@@ -19,9 +19,11 @@ _EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
 _HIGHEST = checks.HIGHEST
 
 
-def _check_pair(student_logits, teacher_logits):
-  s, t = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
-  for name, x in (("student_logits", s), ("teacher_logits", t)):
+def _check_pair(student_logits, teacher_logits,
+                names=("student_logits", "teacher_logits")):
+  s, t = checks.array(student_logits, names[0]), checks.array(
+      teacher_logits, names[1])
+  for name, x in zip(names, (s, t)):
     checks.rank(x, name, "[batch, num_classes]")
     checks.floating(x, name)
     if 0 in x.shape:  # a mean over no samples or classes has no value
@@ -29,8 +31,8 @@ def _check_pair(student_logits, teacher_logits):
           f"{name} must have shape [batch, num_classes] with batch >= 1 and"
           f" num_classes >= 1, got {x.shape}.")
   if s.shape != t.shape:
-    raise ValueError("student_logits and teacher_logits must have the same "
-                     f"shape, got {s.shape} and {t.shape}.")
+    raise ValueError(f"{names[0]} and {names[1]} must have the same shape,"
+                     f" got {s.shape} and {t.shape}.")
   dtype = jnp.promote_types(jnp.result_type(s, t), jnp.float32)
   return s.astype(dtype), t.astype(dtype)
 
@@ -47,7 +49,7 @@ def _kl_terms(p_t: jax.Array, log_p_t: jax.Array,
   Written with a safe inner `where`, so that a class both logits mask out
   with -inf has neither a NaN value nor a NaN gradient.
   """
-  present = p_t > 0
+  present = p_t != 0  # NaN (a NaN or +inf teacher logit) stays NaN
   diff = jnp.where(present, log_p_t - log_p_s, 0)
   return jnp.where(present, p_t * diff, 0)
 
@@ -55,7 +57,7 @@ def _kl_terms(p_t: jax.Array, log_p_t: jax.Array,
 def _check_mask(name, mask, size):
   if mask is None:
     return None
-  mask = jnp.asarray(mask)
+  mask = checks.array(mask, name)
   if mask.shape != (size,):
     raise ValueError(f"{name} must have shape [{size}], got {mask.shape}.")
   return mask.astype(jnp.float32)
@@ -87,7 +89,9 @@ def kd_loss(
   Returns:
     A scalar (float32, or float64 for float64 inputs). A class whose
     teacher probability is 0 (e.g. both logits -inf, a masked-out class)
-    adds 0, with a finite gradient.
+    adds 0, with a finite gradient; a NaN or +inf teacher logit gives NaN.
+    Where `logits / T` or `T²` overflows float32 (logits near ±3e38, T near
+    1e19), the loss is NaN, as in PyTorch.
 
   Example:
     >>> teacher = jnp.array([[0.0, 2.0], [1.0, 1.0]])
@@ -276,11 +280,13 @@ def mlkd_loss(
   """
   checks.one_of(mode, "mode", _MODES)
   _check_temperature(temperature)  # each loss NaNs a traced T <= 0 itself
-  s_w, t_w = _check_pair(student_weak, teacher_weak)
-  s_s, t_s = _check_pair(student_strong, teacher_strong)
+  s_w, t_w = _check_pair(student_weak, teacher_weak,
+                         ("student_weak", "teacher_weak"))
+  s_s, t_s = _check_pair(student_strong, teacher_strong,
+                         ("student_strong", "teacher_strong"))
   if s_w.shape != s_s.shape:
-    raise ValueError("weak and strong logits must have the same shape, got "
-                     f"{s_w.shape} and {s_s.shape}.")
+    raise ValueError("student_weak and student_strong must have the same"
+                     f" shape, got {s_w.shape} and {s_s.shape}.")
   t_w, t_s = lax.stop_gradient(t_w), lax.stop_gradient(t_s)
   masks = confidence_masks(t_w, q=q, keep="low", axis_name=axis_name)
   m = masks.mask.astype(s_w.dtype)

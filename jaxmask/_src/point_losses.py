@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from jaxmask._src import checks
 from jaxmask._src import implementation as impl
@@ -56,7 +57,7 @@ def _per_mask_inputs(logits, labels, num_masks):
   > 0 or traced labels leave [0, 1]: the loss is then NaN. Concrete values
   are checked here and raise.
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
   _check_points(logits, labels, pairwise=False)
   num_masks, num_ok = checks.positive(num_masks, "num_masks")
   labels_ok = checks.unit_interval(labels, "labels")
@@ -98,7 +99,14 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
     Array(0.6931472, dtype=float32)
   """
   logits, labels, num_masks, ok = _per_mask_inputs(logits, labels, num_masks)
+  _check_some_points(logits)
   return checks.nan_unless(ok, _sigmoid_ce(logits, labels, num_masks))
+
+
+def _check_some_points(logits):
+  if logits.shape[0] and not logits.shape[1]:  # a mean over no points
+    raise ValueError("logits must have shape [num_masks, num_points] with"
+                     f" num_points >= 1, got {logits.shape}.")
 
 
 def _sigmoid_ce(logits, labels, num_masks):
@@ -176,7 +184,7 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
     Array([[0.6931472 ],
            [0.00671535]], dtype=float32)
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
   _check_points(logits, labels, pairwise=True)
   ok = checks.unit_interval(labels, "labels")
   logits, labels = _upcast(logits), _upcast(labels)
@@ -211,7 +219,7 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
     array([[0.   , 0.667],
            [0.667, 0.   ]], dtype=float32)
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
   _check_points(logits, labels, pairwise=True)
   ok = checks.unit_interval(labels, "labels")
   probs = jax.nn.sigmoid(_upcast(logits))
@@ -247,6 +255,8 @@ def point_mask_losses(
     pred_masks: `[num_masks, height, width]` floating mask logits.
     target_masks: `[num_masks, target_height, target_width]` targets in [0, 1]
       (bool or integer targets are cast to the dtype of `pred_masks`).
+      Checked when concrete; traced, the losses are NaN if a sampled label
+      lies outside [0, 1] (0/255 masks: pass `masks > 127`).
     num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
     num_points: P >= 1 points per mask.
     oversample_ratio: r >= 1.
@@ -267,17 +277,17 @@ def point_mask_losses(
     >>> losses._fields
     ('loss_mask', 'loss_dice')
   """
-  pred_masks = jnp.asarray(pred_masks)
-  target_masks = jnp.asarray(target_masks)
+  pred_masks = checks.array(pred_masks, "pred_masks")
+  target_masks = checks.array(target_masks, "target_masks")
   checks.rank(pred_masks, "pred_masks", "[num_masks, height, width]")
   checks.rank(target_masks, "target_masks",
               "[num_masks, target_height, target_width]")
   checks.floating(pred_masks, "pred_masks")
   checks.same_size(pred_masks, target_masks, 0,
                    ("pred_masks", "target_masks"), "num_masks (first axis)")
-  num_masks, num_ok = checks.positive(num_masks, "num_masks")
-  ok = checks.all_ok(num_ok, checks.unit_interval(target_masks,
-                                                   "target_masks"))
+  num_masks, ok = checks.positive(num_masks, "num_masks")
+  if not isinstance(target_masks, jax.core.Tracer):  # traced: see the core
+    checks.unit_interval(target_masks, "target_masks")
   if not jnp.issubdtype(target_masks.dtype, jnp.floating):
     target_masks = target_masks.astype(pred_masks.dtype)
   num_points, oversample_ratio, importance_sample_ratio = (
@@ -310,6 +320,9 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
   point_logits = sampling.point_sample(
       pred_masks, point_coords, implementation=implementation)[:, 0]
   point_logits, point_labels = _upcast(point_logits), _upcast(point_labels)
+  # Traced targets are checked where the loss reads them (no extra pass over
+  # the full-resolution masks): a sampled label outside [0, 1] NaNs the loss.
+  ok = ok & checks.unit_interval(point_labels, "target_masks")
   return PointMaskLosses(
       checks.nan_unless(ok, _sigmoid_ce(point_logits, point_labels,
                                         num_masks)),
@@ -326,7 +339,8 @@ def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
   after an `all_reduce` of `num_masks`.
 
   Args:
-    num_local_masks: `[]` count of target masks on this device (int or float).
+    num_local_masks: `[]` count of target masks on this device (int or
+      float), finite (checked when concrete; a traced NaN gives NaN).
     axis_name: the mapped axis (or tuple of axes) to reduce over inside
       `shard_map`/`pmap`; None for a single device.
 
@@ -339,6 +353,10 @@ def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
   """
   num_masks = checks.scalar(num_local_masks, "num_local_masks").astype(
       jnp.float32)
+  value = checks.concrete(num_masks)
+  if value is not None and not np.isfinite(value):
+    raise ValueError("num_local_masks must be a finite number, got"
+                     f" {value.item()!r}.")
   if axis_name is not None:
     num_masks = lax.psum(num_masks, axis_name) / lax.psum(1, axis_name)
   return jnp.maximum(num_masks, 1.0)

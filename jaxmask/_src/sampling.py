@@ -42,7 +42,9 @@ UncertaintyFn = Callable[[jax.Array], jax.Array]
 
 def _bilinear(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
   """grid_sample of one `[C, H, W]` map at `[P, 2]` points -> `[C, P]`."""
-  _, height, width = inputs.shape
+  channels, height, width = inputs.shape
+  if height * width == 0:  # every point samples the zero padding
+    return _empty_map_values(point_coords, channels, inputs.dtype)
   ix, iy = grid.pixel_positions(point_coords, height, width)
   # grid_sample's rule: a NaN or infinite position reads no pixel and
   # samples NaN. It is moved off the map here, so no NaN reaches a gradient.
@@ -61,6 +63,14 @@ def _bilinear(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
   out = (pixel(x0, y0) * nw + pixel(x0 + 1, y0) * ne
          + pixel(x0, y0 + 1) * sw + pixel(x0 + 1, y0 + 1) * se)
   return jnp.where(finite, out, jnp.nan)
+
+
+def _empty_map_values(point_coords, channels, dtype):
+  """What points sample from an empty map: 0, or NaN at a non-finite point."""
+  finite = jnp.all(jnp.isfinite(point_coords), axis=-1)
+  values = jnp.where(finite, 0.0, jnp.nan).astype(dtype)
+  return jnp.broadcast_to(values[..., None, :],
+                          (*values.shape[:-1], channels, values.shape[-1]))
 
 
 def _point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
@@ -104,7 +114,10 @@ def point_sample(
   summed in that order, where a neighbour off the map contributes zero on its
   own. Results match PyTorch to float rounding. As in grid_sample, a NaN or
   infinite coordinate samples NaN; it reads no pixel, so it adds nothing to
-  the gradient of `inputs` and its own gradient is 0 (in x and y alike).
+  the gradient of `inputs` and its own gradient is 0 (in x and y alike). So
+  does a finite coordinate so large that its pixel position overflows
+  float32 (beyond about 1.7e38 / max(H, W)), as in PyTorch. An empty map
+  (H or W = 0) samples zeros.
 
   Positions and weights are computed in float32 (or the coordinates' dtype if
   wider); the result is cast to `inputs.dtype`.
@@ -125,8 +138,8 @@ def point_sample(
     >>> jaxmask.point_sample(logits, coords)
     Array([[[7.5, 0. ]]], dtype=float32)
   """
-  inputs = jnp.asarray(inputs)
-  point_coords = jnp.asarray(point_coords)
+  inputs = checks.array(inputs, "inputs")
+  point_coords = checks.array(point_coords, "point_coords")
   checks.rank(inputs, "inputs", "[num_masks, channels, height, width]")
   checks.floating(inputs, "inputs")
   _check_coords(point_coords, "point_coords", "[num_masks, num_points, 2]")
@@ -136,10 +149,12 @@ def point_sample(
   # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
-  num_masks, channels = inputs.shape[:2]
+  num_masks, channels, height, width = inputs.shape
   if 0 in (num_masks, channels, point_coords.shape[1]):
     return jnp.zeros((num_masks, channels, point_coords.shape[1]),
                      inputs.dtype)
+  if height * width == 0:
+    return _empty_map_values(point_coords, channels, inputs.dtype)
   return _point_sample_core(inputs, point_coords, implementation)
 
 
@@ -177,8 +192,8 @@ def point_sample_single(
     ...                             jnp.full((5, 2), 0.5)).shape
     (3, 5)
   """
-  inputs = jnp.asarray(inputs)
-  point_coords = jnp.asarray(point_coords)
+  inputs = checks.array(inputs, "inputs")
+  point_coords = checks.array(point_coords, "point_coords")
   checks.rank(inputs, "inputs", "[channels, height, width]")
   _check_coords(point_coords, "point_coords", "[num_points, 2]")
   return point_sample(inputs[None], point_coords[None],
@@ -203,7 +218,7 @@ def calculate_uncertainty(logits: jax.typing.ArrayLike) -> jax.Array:
     >>> jaxmask.calculate_uncertainty(jnp.array([-2.0, 0.5, 3.0]))
     Array([-2. , -0.5, -3. ], dtype=float32)
   """
-  logits = jnp.asarray(logits)
+  logits = checks.array(logits, "logits")
   checks.floating(logits, "logits")
   return -jnp.abs(logits)
 
@@ -238,7 +253,8 @@ def _scorer(uncertainty_fn: UncertaintyFn):
 
 def _most_uncertain(logits, candidates, num_uncertain, score):
   """The plain selection: `lax.top_k` of the scores, most uncertain first."""
-  scores = score(_point_sample(logits, candidates))
+  # Sampled at float32 positions, as `point_sample` widens coordinates.
+  scores = score(_point_sample(logits, checks.upcast(candidates)))
   index = lax.top_k(scores, num_uncertain)[1]
   return jnp.take_along_axis(candidates, index[..., None], axis=1)
 
@@ -289,13 +305,14 @@ def select_uncertain_points(
     Array([[[0.75, 0.25],
             [0.75, 0.75]]], dtype=float32)
   """
-  logits = jnp.asarray(logits)
-  candidates = jnp.asarray(candidates)
+  logits = checks.array(logits, "logits")
+  candidates = checks.array(candidates, "candidates")
   _check_mask_logits(logits)
   _check_coords(candidates, "candidates", "[num_masks, num_candidates, 2]")
   checks.same_size(logits, candidates, 0, ("logits", "candidates"),
                    "num_masks (first axis)")
   num_uncertain = checks.python_int(num_uncertain, "num_uncertain", 0)
+  checks.callable_(uncertainty_fn, "uncertainty_fn")
   if num_uncertain > candidates.shape[1]:
     raise ValueError(
         f"num_uncertain must lie in [0, num_candidates={candidates.shape[1]}],"
@@ -338,11 +355,16 @@ def check_sampling_options(key, num_points, oversample_ratio,
   """Validates `sample_points_using_uncertainty`'s key and options."""
   _check_key(key)
   impl.check(implementation)
-  return (checks.python_int(num_points, "num_points", 1),
-          checks.python_number(oversample_ratio, "oversample_ratio", 1.0,
-                               2**31),
-          checks.python_number(importance_sample_ratio,
-                               "importance_sample_ratio", 0.0, 1.0))
+  num_points = checks.python_int(num_points, "num_points", 1)
+  oversample_ratio = checks.python_number(oversample_ratio,
+                                          "oversample_ratio", 1.0, 2**31)
+  importance_sample_ratio = checks.python_number(
+      importance_sample_ratio, "importance_sample_ratio", 0.0, 1.0)
+  if int(num_points * oversample_ratio) > 2**31 - 1:  # int32 indices
+    raise ValueError(
+        "num_points * oversample_ratio (the candidates per mask) must be"
+        f" < 2**31, got {num_points} * {oversample_ratio}.")
+  return num_points, oversample_ratio, importance_sample_ratio
 
 
 def sample_points_using_uncertainty(
@@ -398,7 +420,8 @@ def sample_points_using_uncertainty(
   num_points, oversample_ratio, importance_sample_ratio = (
       check_sampling_options(key, num_points, oversample_ratio,
                              importance_sample_ratio, implementation))
-  logits = jnp.asarray(logits)
+  checks.callable_(uncertainty_fn, "uncertainty_fn")
+  logits = checks.array(logits, "logits")
   _check_mask_logits(logits)
 
   num_masks = logits.shape[0]
@@ -474,7 +497,7 @@ def uncertain_point_coords_on_grid(
     Array([[[0.75, 0.25],
             [0.25, 0.75]]], dtype=float32)
   """
-  uncertainty_map = jnp.asarray(uncertainty_map)
+  uncertainty_map = checks.array(uncertainty_map, "uncertainty_map")
   _check_mask_logits(uncertainty_map, "uncertainty_map")
   num_points = checks.python_int(num_points, "num_points", 1)
 

@@ -63,7 +63,7 @@ def top_k_indices(
     >>> sorted(jaxmask.top_k_indices(scores, k=2)[0].tolist())
     [1, 3]
   """
-  scores = jnp.asarray(scores)
+  scores = checks.array(scores, "scores")
   checks.rank(scores, "scores", "[rows, M]")
   checks.floating(scores, "scores")
   rows, m = scores.shape

@@ -59,9 +59,9 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
     out = _sample_padded(inputs, point_coords, ix, iy)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
-  # grid_sample's rule: a NaN or infinite coordinate samples NaN.
-  finite = jnp.isfinite(ix) & jnp.isfinite(iy)
-  out = jnp.where(finite, jnp.where(inside, out, 0), jnp.nan)
+  # Outside the map: +0, or NaN for a NaN or infinite position (grid_sample's
+  # rule), which `x - x` gives in one pass (+0 where x is finite).
+  out = jnp.where(inside, out, (ix - ix) + (iy - iy))
   return out.reshape(num_masks, channels, -1).astype(inputs.dtype)
 
 
@@ -96,8 +96,9 @@ def block_starts(point_coords, shape, *, padded):
 
   def starts(point_coords):
     ix, iy = grid.pixel_positions(point_coords, height, width)
-    # A NaN position gets block 0 (its value is NaN whatever it reads).
-    ix, iy = jnp.nan_to_num(ix), jnp.nan_to_num(iy)
+    # A NaN position reads block 0 (its value is NaN whatever it reads);
+    # the clip below takes care of infinities.
+    ix, iy = jnp.where(ix == ix, ix, 0), jnp.where(iy == iy, iy, 0)
     col, row = (jnp.clip(jnp.floor(ix), -pad, row_len - 2 - pad),
                 jnp.clip(jnp.floor(iy), -pad, num_rows - 2 - pad))
     if padded:
@@ -214,11 +215,11 @@ def _interpolate_bwd(map_shape, clamped, residuals, g):
   # transpose took 2x longer).
   flat, start, ix, iy = residuals
   g = barrier.computed_apart(lambda g: g, g)
-  # Points outside get g = 0; a NaN or infinite point reads no pixel (as in
-  # grid_sample), so neither adds to the maps' gradient.
-  finite = jnp.isfinite(ix) & jnp.isfinite(iy)
-  w = [jnp.where((g == 0) | ~finite, 0, weight)
-       for weight in grid.bilinear_weights(ix, iy)]
+  # Points outside the map, NaN and infinite ones included, get g = 0 from
+  # the forward pass's select; their weights may be NaN, so they are zeroed
+  # with g: such a point adds nothing to any gradient.
+  outside = g == 0
+  w = [jnp.where(outside, 0, weight) for weight in grid.bilinear_weights(ix, iy)]
   d_upper, d_lower = _transpose_neighbours([g * wi for wi in w], ix, iy,
                                            map_shape, clamped)
   start = _flat_start(start, flat.size // math.prod(map_shape),
@@ -229,12 +230,10 @@ def _interpolate_bwd(map_shape, clamped, residuals, g):
   nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
                                iy, map_shape, clamped)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
-  # A NaN or infinite point reads no pixel: its value (NaN) does not vary
-  # with it, and its gradient is 0 in x and y alike.
-  d_ix = jnp.where(finite, g * ((ne - nw) * (y0 + 1 - iy)
-                                + (se - sw) * (iy - y0)), 0)
-  d_iy = jnp.where(finite, g * ((sw - nw) * (x0 + 1 - ix)
-                                + (se - ne) * (ix - x0)), 0)
+  d_ix = jnp.where(outside, 0, g * ((ne - nw) * (y0 + 1 - iy)
+                                    + (se - sw) * (iy - y0)))
+  d_iy = jnp.where(outside, 0, g * ((sw - nw) * (x0 + 1 - ix)
+                                    + (se - ne) * (ix - x0)))
   unbroadcast = lambda d: jnp.sum(d, axis=tuple(
       a for a, (m, n) in enumerate(zip(d.shape, ix.shape)) if m != n),
                                   keepdims=True)
