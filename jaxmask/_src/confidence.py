@@ -89,7 +89,10 @@ def confidence_masks(
   but on device, jit/vmap friendly, with `q` and the selection direction as
   options. `keep="low"` (the default, as in MLKD) keeps the low-confidence
   samples and classes; `keep="high"` keeps the confident ones, as pseudo-label
-  filters do. Thresholds are NumPy-exact (see `percentile_mask`).
+  filters do. Thresholds are NumPy-exact on jaxmask's own confidences (see
+  `percentile_mask`) and the masks are exactly `<=`/`>=` them; against
+  PyTorch, which sums the probabilities in another order, a mask may differ
+  only where a value ties its threshold within a few float32 ulps.
 
   All outputs carry no gradient. Half-precision logits are upcast to float32
   first. A row with a NaN or +inf logit has NaN probabilities; its NaN

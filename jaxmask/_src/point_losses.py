@@ -88,7 +88,9 @@ def sigmoid_ce_loss(logits: jax.typing.ArrayLike,
   Args:
     logits: `[num_masks, num_points]` floating point logits.
     labels: `[num_masks, num_points]` targets in [0, 1] (soft allowed).
-    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+    num_masks: scalar normaliser > 0, e.g. from `num_masks_normalizer`.
+      Concrete labels and `num_masks` are checked (ValueError); traced ones
+      out of range make the loss NaN.
 
   Returns:
     A float32 scalar.
@@ -137,7 +139,9 @@ def dice_loss(logits: jax.typing.ArrayLike,
   Args:
     logits: `[num_masks, num_points]` floating point logits.
     labels: `[num_masks, num_points]` targets in [0, 1] (soft allowed).
-    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+    num_masks: scalar normaliser > 0, e.g. from `num_masks_normalizer`.
+      Concrete labels and `num_masks` are checked (ValueError); traced ones
+      out of range make the loss NaN.
 
   Returns:
     A float32 scalar.
@@ -173,7 +177,8 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
 
   Args:
     logits: `[num_queries, num_points]` floating point logits.
-    labels: `[num_targets, num_points]` targets in [0, 1].
+    labels: `[num_targets, num_points]` targets in [0, 1]; checked when
+      concrete (ValueError), traced ones outside make every cost NaN.
 
   Returns:
     `[num_queries, num_targets]` float32 costs.
@@ -207,7 +212,8 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
 
   Args:
     logits: `[num_queries, num_points]` floating point logits.
-    labels: `[num_targets, num_points]` targets in [0, 1].
+    labels: `[num_targets, num_points]` targets in [0, 1]; checked when
+      concrete (ValueError), traced ones outside make every cost NaN.
 
   Returns:
     `[num_queries, num_targets]` float32 costs.
@@ -257,7 +263,8 @@ def point_mask_losses(
       (bool or integer targets are cast to the dtype of `pred_masks`).
       Checked when concrete; traced, the losses are NaN if a sampled label
       lies outside [0, 1] (0/255 masks: pass `masks > 127`).
-    num_masks: scalar normaliser, e.g. from `num_masks_normalizer`.
+    num_masks: scalar normaliser > 0, e.g. from `num_masks_normalizer`;
+      checked when concrete, a traced one out of range makes the losses NaN.
     num_points: P >= 1 points per mask.
     oversample_ratio: r >= 1.
     importance_sample_ratio: fraction in [0, 1] of points chosen by

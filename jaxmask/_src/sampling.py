@@ -246,6 +246,10 @@ def _scorer(uncertainty_fn: UncertaintyFn):
           f" num_candidates] = {sampled.shape}, got"
           f" {getattr(scores, 'shape', type(scores).__name__)}.")
     scores = scores[:, 0, :]
+    if uncertainty_fn is calculate_uncertainty:
+      # -|NaN| is a NaN with the sign bit set, which lax.top_k's order (and
+      # the kernel's) ranks below -inf: no pass needed.
+      return scores
     return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
 
   return score
