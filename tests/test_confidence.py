@@ -143,7 +143,7 @@ def test_jit_vmap_and_traced_q_agree_with_eager():
   traced = jax.jit(lambda l, q: jaxmask.confidence_masks(l, q=q))(x[0], 30.0)
   # Eager, vmapped and jitted programs may sum in other orders: values agree
   # to rounding and masks follow the rule of `_rules.py`.
-  pairs = [(jax.tree.map(lambda b: b[i], batched), e)
+  pairs = [(jax.tree.map(lambda b, i=i: b[i], batched), e)
            for i, e in enumerate(eager)] + [(traced, eager[0])]
   for got, want in pairs:
     for name in ("probs", "confidence", "threshold", "class_confidence",
