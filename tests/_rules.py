@@ -98,3 +98,25 @@ def assert_same_argmax(got, want, values, *, tol, err_msg="") -> int:
   bad = np.flatnonzero(differ & ~tie)
   assert bad.size == 0, f"{err_msg}: labels differ at rows {bad[:5]}"
   return int(differ.sum())
+
+
+def assert_confidence_masks_match(got, want, *, err_msg="") -> int:
+  """Two `ConfidenceMasks`-like results (attributes or a mapping) under the rule.
+
+  The sample and class masks may differ only at rounding ties of their
+  thresholds (16 ulps); returns the number of flips.
+  """
+  field = (lambda name: want[name]) if hasattr(want, "__getitem__") and not (
+      hasattr(want, "_fields")) else (lambda name: getattr(want, name))
+  flips = 0
+  for name, values, threshold in (
+      ("mask", "confidence", "threshold"),
+      ("class_mask", "class_confidence", "class_threshold")):
+    flips += assert_equal_except_ties(
+        getattr(got, name), np.asarray(field(name)),
+        got_values=getattr(got, values),
+        want_values=np.asarray(field(values)),
+        got_threshold=getattr(got, threshold),
+        want_threshold=np.asarray(field(threshold)),
+        tol=ulps(np.asarray(field(threshold))), err_msg=f"{name} {err_msg}")
+  return flips

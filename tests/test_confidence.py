@@ -152,15 +152,7 @@ def test_jit_vmap_and_traced_q_agree_with_eager():
                                  rtol=1e-6, atol=1e-7, err_msg=name)
     _rules.assert_same_argmax(got.pseudo_labels, want.pseudo_labels,
                               want.probs, tol=_rules.ulps(1.0))
-    for name, values, threshold in (
-        ("mask", "confidence", "threshold"),
-        ("class_mask", "class_confidence", "class_threshold")):
-      _rules.assert_equal_except_ties(
-          getattr(got, name), getattr(want, name),
-          got_values=getattr(got, values), want_values=getattr(want, values),
-          got_threshold=getattr(got, threshold),
-          want_threshold=getattr(want, threshold),
-          tol=_rules.ulps(getattr(want, threshold)), err_msg=name)
+    _rules.assert_confidence_masks_match(got, want)
 
 
 def test_traced_q_does_not_recompile():

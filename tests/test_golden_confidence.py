@@ -34,14 +34,10 @@ def test_masks_match_recorded_torch_ref(case, keep):
                              rtol=1e-5, atol=1e-6)
   _rules.assert_same_argmax(got.pseudo_labels, want("pseudo_labels"),
                             got.probs, tol=_rules.ulps(1.0))
-  for name, values, threshold in (
-      ("mask", "confidence", "threshold"),
-      ("class_mask", "class_confidence", "class_threshold")):
-    _rules.assert_equal_except_ties(
-        getattr(got, name), want(name), got_values=getattr(got, values),
-        want_values=want(values), got_threshold=getattr(got, threshold),
-        want_threshold=want(threshold),
-        tol=_rules.ulps(getattr(got, threshold)), err_msg=name)
+  _rules.assert_confidence_masks_match(
+      got, {name: want(name) for name in (
+          "mask", "confidence", "threshold", "class_mask",
+          "class_confidence", "class_threshold")})
 
 
 @pytest.mark.parametrize("case", CASES)

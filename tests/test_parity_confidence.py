@@ -60,16 +60,7 @@ def test_masks_match_torch_ref(batch, classes):
     np.testing.assert_array_equal(
         got.class_mask, own_rule(got.class_confidence, got.class_threshold),
         err_msg=msg)
-    for name, values, threshold in (
-        ("mask", "confidence", "threshold"),
-        ("class_mask", "class_confidence", "class_threshold")):
-      _rules.assert_equal_except_ties(
-          getattr(got, name), np.asarray(getattr(want, name)),
-          got_values=getattr(got, values),
-          want_values=np.asarray(getattr(want, values)),
-          got_threshold=getattr(got, threshold),
-          want_threshold=np.asarray(getattr(want, threshold)),
-          tol=_rules.ulps(getattr(got, threshold)), err_msg=f"{name} {msg}")
+    _rules.assert_confidence_masks_match(got, want, err_msg=msg)
     _rules.assert_same_argmax(got.pseudo_labels, np.asarray(want.pseudo_labels),
                               got.probs, tol=_rules.ulps(1.0), err_msg=msg)
 
