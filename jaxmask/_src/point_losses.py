@@ -65,7 +65,7 @@ def _per_mask_inputs(logits, labels, num_masks):
           checks.all_ok(num_ok, labels_ok))
 
 
-def _bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Elementwise `BCEWithLogitsLoss(reduction='none')`, numerically stable."""
   return (jnp.maximum(logits, 0) - logits * labels
           + jnp.log1p(jnp.exp(-jnp.abs(logits))))
@@ -112,7 +112,7 @@ def _check_some_points(logits):
 
 
 def _sigmoid_ce(logits, labels, num_masks):
-  return _bce_with_logits(logits, labels).mean(axis=1).sum() / num_masks
+  return bce_with_logits(logits, labels).mean(axis=1).sum() / num_masks
 
 
 def dice_loss(logits: jax.typing.ArrayLike,
@@ -156,12 +156,16 @@ def dice_loss(logits: jax.typing.ArrayLike,
   return checks.nan_unless(ok, _dice(logits, labels, num_masks))
 
 
-def _dice(logits, labels, num_masks):
+def dice_per_mask(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`[num_masks]` soft dice losses of `[num_masks, num_points]` inputs."""
   probs = jax.nn.sigmoid(logits)
   numerator = 2 * (probs * labels).sum(axis=-1)
   denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
-  loss = 1 - (numerator + 1) / (denominator + 1)
-  return loss.sum() / num_masks
+  return 1 - (numerator + 1) / (denominator + 1)
+
+
+def _dice(logits, labels, num_masks):
+  return dice_per_mask(logits, labels).sum() / num_masks
 
 
 def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
@@ -192,13 +196,17 @@ def pairwise_sigmoid_ce_loss(logits: jax.typing.ArrayLike,
   logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
   _check_points(logits, labels, pairwise=True)
   ok = checks.unit_interval(labels, "labels")
+  return checks.nan_unless(ok, pairwise_sigmoid_ce(logits, labels))
+
+
+def pairwise_sigmoid_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`pairwise_sigmoid_ce_loss` of validated inputs."""
   logits, labels = _upcast(logits), _upcast(labels)
   num_points = logits.shape[1]
-  pos = _bce_with_logits(logits, jnp.ones_like(logits)) / num_points
-  neg = _bce_with_logits(logits, jnp.zeros_like(logits)) / num_points
-  return checks.nan_unless(
-      ok, jnp.matmul(pos, labels.T, precision=_HIGHEST)
-      + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
+  pos = bce_with_logits(logits, jnp.ones_like(logits)) / num_points
+  neg = bce_with_logits(logits, jnp.zeros_like(logits)) / num_points
+  return (jnp.matmul(pos, labels.T, precision=_HIGHEST)
+          + jnp.matmul(neg, (1 - labels).T, precision=_HIGHEST))
 
 
 def pairwise_dice_loss(logits: jax.typing.ArrayLike,
@@ -228,11 +236,16 @@ def pairwise_dice_loss(logits: jax.typing.ArrayLike,
   logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
   _check_points(logits, labels, pairwise=True)
   ok = checks.unit_interval(labels, "labels")
+  return checks.nan_unless(ok, pairwise_dice(logits, labels))
+
+
+def pairwise_dice(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`pairwise_dice_loss` of validated inputs."""
   probs = jax.nn.sigmoid(_upcast(logits))
   labels = _upcast(labels)
   numerator = 2 * jnp.matmul(probs, labels.T, precision=_HIGHEST)
   denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
-  return checks.nan_unless(ok, 1 - (numerator + 1) / (denominator + 1))
+  return 1 - (numerator + 1) / (denominator + 1)
 
 
 def point_mask_losses(
@@ -321,11 +334,11 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
       oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio,
       implementation=implementation)
-  point_labels = lax.stop_gradient(sampling.point_sample(
-      target_masks[:, None], point_coords,
-      implementation=implementation)[:, 0])
-  point_logits = sampling.point_sample(
-      pred_masks, point_coords, implementation=implementation)[:, 0]
+  # The points are drawn in [0, 1): the sampler needs no NaN-coordinate pass.
+  point_labels = lax.stop_gradient(sampling.sample_at_drawn_points(
+      target_masks[:, None], point_coords, implementation)[:, 0])
+  point_logits = sampling.sample_at_drawn_points(
+      pred_masks, point_coords, implementation)[:, 0]
   point_logits, point_labels = _upcast(point_logits), _upcast(point_labels)
   # Traced targets are checked where the loss reads them (no extra pass over
   # the full-resolution masks): a sampled label outside [0, 1] NaNs the loss.

@@ -167,6 +167,25 @@ def _point_sample_core(inputs, point_coords, implementation):
                      operands=(inputs, point_coords))
 
 
+def sample_at_drawn_points(inputs: jax.Array, point_coords: jax.Array,
+                           implementation: impl.Implementation | None):
+  """`point_sample` at points jaxmask drew itself (finite, in [0, 1)).
+
+  For the losses and the criterion, whose points come from
+  `sample_points_using_uncertainty` or `jax.random.uniform`: the kernel may
+  then leave out its NaN-coordinate passes (`finite_coords`).
+  """
+  num_masks, channels, height, width = inputs.shape
+  if 0 in (num_masks, channels, height, width, point_coords.shape[1]):
+    return jnp.zeros((num_masks, channels, point_coords.shape[1]),
+                     inputs.dtype)
+  return impl.choose(
+      implementation, plain=_point_sample,
+      xla_cpu=functools.partial(xla_cpu_sampler.point_sample,
+                                finite_coords=True),
+      operands=(inputs, point_coords))
+
+
 def point_sample_single(
     inputs: jax.typing.ArrayLike,
     point_coords: jax.typing.ArrayLike,
@@ -342,7 +361,7 @@ def _select_core(logits, candidates, num_uncertain, uncertainty_fn,
       operands=(logits, candidates))
 
 
-def _check_key(key) -> None:
+def check_key(key) -> None:
   if not isinstance(key, jax.Array):
     raise TypeError(f"key must be a jax.random key, got {type(key).__name__}.")
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -357,7 +376,7 @@ def _check_key(key) -> None:
 def check_sampling_options(key, num_points, oversample_ratio,
                            importance_sample_ratio, implementation):
   """Validates `sample_points_using_uncertainty`'s key and options."""
-  _check_key(key)
+  check_key(key)
   impl.check(implementation)
   num_points = checks.python_int(num_points, "num_points", 1)
   oversample_ratio = checks.python_number(oversample_ratio,

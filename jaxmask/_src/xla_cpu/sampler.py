@@ -35,8 +35,14 @@ MAX_FLAT_INDEX = 2**31 - 1
 _PIXELS_PER_POINT_TO_CLAMP = 8
 
 
-def point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
+def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
+                 finite_coords: bool = False) -> jax.Array:
   """The kernel's entry point: validated `[N, C, H, W]` maps, `[N, P, 2]` points.
+
+  `finite_coords=True` is the caller's promise that every coordinate is
+  finite (points jaxmask drew itself, uniform in [0, 1)): the passes that
+  give NaN or infinite coordinates grid_sample's NaN are then left out. They
+  cost the point-loss step ~7% on XLA:CPU (they change how the gathers fuse).
 
   Returns `[N, C, P]` values in the dtype of `inputs`.
   """
@@ -44,7 +50,8 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
   if num_masks > 1 and (
       num_masks * channels * (height + 2) * (width + 2) > MAX_FLAT_INDEX):
     # Flat int32 offsets would overflow: gather map by map instead.
-    return jax.vmap(point_sample)(inputs[:, None], point_coords[:, None])[:, 0]
+    return jax.vmap(functools.partial(point_sample, finite_coords=finite_coords))(
+        inputs[:, None], point_coords[:, None])[:, 0]
 
   # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
   point_coords = point_coords.astype(
@@ -61,7 +68,7 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
   # Outside the map: +0, or NaN for a NaN or infinite position (grid_sample's
   # rule), which `x - x` gives in one pass (+0 where x is finite).
-  out = jnp.where(inside, out, (ix - ix) + (iy - iy))
+  out = jnp.where(inside, out, 0 if finite_coords else (ix - ix) + (iy - iy))
   return out.reshape(num_masks, channels, -1).astype(inputs.dtype)
 
 
@@ -96,18 +103,17 @@ def block_starts(point_coords, shape, *, padded):
 
   def starts(point_coords):
     ix, iy = grid.pixel_positions(point_coords, height, width)
-    # A NaN position reads block 0 (its value is NaN whatever it reads);
-    # the clip below takes care of infinities.
-    ix, iy = jnp.where(ix == ix, ix, 0), jnp.where(iy == iy, iy, 0)
-    col, row = (jnp.clip(jnp.floor(ix), -pad, row_len - 2 - pad),
-                jnp.clip(jnp.floor(iy), -pad, num_rows - 2 - pad))
+    # Clipped as integers: XLA converts NaN to 0 and saturates infinities,
+    # so a NaN or infinite position reads a block inside the map (its value
+    # is NaN whatever it reads) with no pass of its own.
+    col = jnp.clip(jnp.floor(ix).astype(jnp.int32), -pad, row_len - 2 - pad)
+    row = jnp.clip(jnp.floor(iy).astype(jnp.int32), -pad, num_rows - 2 - pad)
     if padded:
       col, row = col + pad, row + pad
     if channels > 1:
       col, row = col[:, None, :], row[:, None, :]
     dtype = jnp.uint16 if row_len * num_rows <= 2**16 else jnp.int32
-    return (row.astype(jnp.int32) * row_len + col.astype(jnp.int32)).astype(
-        dtype)
+    return (row * row_len + col).astype(dtype)
 
   return barrier.computed_apart(starts, point_coords)
 

@@ -56,9 +56,10 @@ def take_points(candidates: jax.Array, index: jax.Array) -> jax.Array:
   return sampler.gather_pairs(candidates.reshape(-1), start)
 
 
-def _most_uncertain(logits, candidates, num_uncertain, score):
+def _most_uncertain(logits, candidates, num_uncertain, score, finite_coords):
   """The `num_uncertain` best candidates of each mask, any number of masks."""
-  scores = score(sampler.point_sample(logits, candidates))
+  scores = score(sampler.point_sample(logits, candidates,
+                                      finite_coords=finite_coords))
   num_candidates = candidates.shape[1]
   if num_uncertain == 0:
     index = jnp.zeros((candidates.shape[0], 0), jnp.int32)
@@ -80,13 +81,14 @@ def select_uncertain_points(logits: jax.Array, candidates: jax.Array,
   """
   chunk = rows_per_chunk(*candidates.shape[:2])
   if chunk == candidates.shape[0]:
-    return _most_uncertain(logits, candidates, num_uncertain, score)
+    return _most_uncertain(logits, candidates, num_uncertain, score, False)
 
   def select_rows(_, logits, candidates):
     # A chunk of candidates copied once: the sampler's loop reads them faster
     # than through the loop's slice of the whole array.
-    return _most_uncertain(logits, barrier.computed_apart(lambda c: c, candidates),
-                   num_uncertain, score)
+    return _most_uncertain(
+        logits, barrier.computed_apart(lambda c: c, candidates), num_uncertain,
+        score, False)
 
   return _in_chunks(select_rows, chunk, logits, candidates)
 
@@ -102,10 +104,11 @@ def select_uniform_candidates(key: jax.Array, logits: jax.Array,
   shape = (logits.shape[0], num_candidates, 2)
   chunk = rows_per_chunk(*shape[:2])
   if chunk == shape[0] or not threefry.can_draw_rows(key, shape):
-    return _most_uncertain(logits, threefry.uniform(key, shape), num_uncertain, score)
+    return _most_uncertain(logits, threefry.uniform(key, shape), num_uncertain,
+                           score, True)
 
   def rows(first_row, logits):
     candidates = threefry.uniform_rows(key, (chunk, *shape[1:]), first_row)
-    return _most_uncertain(logits, candidates, num_uncertain, score)
+    return _most_uncertain(logits, candidates, num_uncertain, score, True)
 
   return _in_chunks(rows, chunk, logits)
