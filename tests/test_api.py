@@ -52,11 +52,14 @@ def _literal_choices(annotation):
 def test_options_with_fixed_choices_are_literals():
   cases = [(jaxmask.confidence_masks, "keep", {"low", "high"}),
            (jaxmask.percentile_mask, "keep", {"low", "high"}),
-           (jaxmask.mlkd_loss, "mode", {"faithful", "masked"})]
+           (jaxmask.mlkd_loss, "mode", {"faithful", "masked"}),
+           (jaxmask.percentile_threshold, "keep", {"low", "high"}),
+           (jaxmask.flexmatch, "mapping", {"convex", "linear", "concave"})]
   cases += [(fn, "implementation", {None, "plain", "xla_cpu"}) for fn in (
       jaxmask.top_k_indices, jaxmask.point_sample,
       jaxmask.point_sample_single, jaxmask.select_uncertain_points,
-      jaxmask.sample_points_using_uncertainty, jaxmask.point_mask_losses)]
+      jaxmask.sample_points_using_uncertainty, jaxmask.point_mask_losses,
+      jaxmask.mask_matching_cost, jaxmask.mask2former_loss)]
   for fn, name, choices in cases:
     annotation = inspect.signature(fn).parameters[name].annotation
     assert _literal_choices(annotation) == choices, (fn.__name__, name)
@@ -67,6 +70,13 @@ def test_named_results():
                       (jaxmask.PointMaskLosses, 2)):
     assert issubclass(cls, tuple) and len(cls._fields) == fields
   assert jaxmask.PointMaskLosses._fields == ("loss_mask", "loss_dice")
+  assert jaxmask.MaskMatching._fields == ("query_index", "target_index")
+  assert jaxmask.Mask2FormerLoss._fields == ("total", "losses")
+  assert jaxmask.ThresholdOutput._fields == ("mask", "pseudo_labels")
+  assert jaxmask.ConfidenceThreshold._fields == ("init", "update")
+  assert jaxmask.FlexMatchState._fields == ("selected_label", "classwise_acc")
+  assert jaxmask.FreeMatchState._fields == ("time_p", "p_model", "label_hist")
+  assert jaxmask.SoftMatchState._fields == ("count", "p_model", "mu", "var")
 
 
 def test_kernels_stay_behind_the_public_functions():

@@ -98,3 +98,74 @@ def test_percentile_mask_under_pmap():
   want_mask, want_thr = jaxmask.percentile_mask(values.reshape(-1), q=50.0)
   np.testing.assert_array_equal(thr, np.full(NUM_DEVICES, want_thr))
   np.testing.assert_array_equal(mask.reshape(-1), want_mask)
+
+
+def _threshold_probs(step, per_device=4, classes=10):
+  """Global-batch probabilities: shard 0 all confident, shard 1 all unsure."""
+  x = _uneven_logits(per_device=per_device, classes=classes, seed=100 + step)
+  e = np.exp(x - x.max(1, keepdims=True))
+  return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "percentile", "flexmatch",
+                                  "freematch", "softmatch"])
+def test_adaptive_thresholds_are_global(mesh, name):
+  """8 devices give one device's masks and state on the concatenated batch.
+
+  Each device holds the (replicated) state; FreeMatch and SoftMatch gather
+  the batch, FlexMatch gathers indices and labels so that `selected_label`
+  is global (USB's per-GPU FlexMatch state would drift). Sums over the
+  gathered batch run in the same order on one device and on eight; the
+  float state is compared to 1e-6 relative, SoftMatch's weights to 1e-6,
+  and the 0/1 masks and pseudo-labels must be equal (no confidence here lies
+  within rounding of a threshold). `shard_map` runs with its default
+  `check_vma=True`: the state leaves it replicated (`P()`); `pmap` too.
+  """
+  num_classes, num_unlabelled = 10, 64
+  t = {
+      "fixmatch": lambda: jaxmask.fixmatch(p_cutoff=0.7),
+      "percentile": lambda: jaxmask.percentile_threshold(q=20.0, keep="high"),
+      "flexmatch": lambda: jaxmask.flexmatch(
+          num_classes=num_classes, num_unlabelled=num_unlabelled, p_cutoff=0.7),
+      "freematch": lambda: jaxmask.freematch(num_classes=num_classes,
+                                             momentum=0.7, use_quantile=True),
+      "softmatch": lambda: jaxmask.softmatch(num_classes=num_classes,
+                                             momentum=0.7),
+  }[name]()
+  state = t.init()
+  replicated = jax.tree.map(lambda _: P(), state)
+  sharded_update = jax.jit(jax.shard_map(
+      lambda s, p, i: t.update(s, p, indices=i, axis_name="data"),
+      mesh=mesh, in_specs=(replicated, P("data"), P("data")),
+      out_specs=(jaxmask.ThresholdOutput(P("data"), P("data")), replicated)))
+  pmapped_update = jax.pmap(
+      lambda s, p, i: t.update(s, p, indices=i, axis_name="i"), axis_name="i",
+      in_axes=(None, 0, 0), out_axes=(0, None))
+  single_update = jax.jit(t.update)
+  rng = np.random.default_rng(0)
+  sharded_state = single_state = state
+  for step in range(4):
+    probs = _threshold_probs(step)
+    indices = rng.choice(num_unlabelled, len(probs), replace=False).astype(np.int32)
+    prev_state = single_state
+    got, sharded_state = sharded_update(
+        sharded_state, _shard(mesh, probs), _shard(mesh, indices))
+    want, single_state = single_update(single_state, probs, indices=indices)
+    np.testing.assert_array_equal(got.pseudo_labels, want.pseudo_labels)
+    for g, w in zip(jax.tree.leaves(sharded_state), jax.tree.leaves(single_state)):
+      np.testing.assert_allclose(g, w, rtol=1e-6, err_msg=f"{name} step {step}")
+    if name == "softmatch":
+      np.testing.assert_allclose(got.mask, want.mask, rtol=0, atol=1e-6)
+    else:
+      np.testing.assert_array_equal(got.mask, want.mask,
+                                    err_msg=f"{name} step {step}")
+  if name == "flexmatch":
+    assert (np.asarray(single_state.selected_label) >= 0).sum() >= 4
+  # pmap: the same state from the last step's batch.
+  got, pmapped_state = pmapped_update(
+      prev_state, probs.reshape(NUM_DEVICES, -1, probs.shape[1]),
+      indices.reshape(NUM_DEVICES, -1))
+  for g, w in zip(jax.tree.leaves(pmapped_state), jax.tree.leaves(single_state)):
+    np.testing.assert_allclose(g, w, rtol=1e-6, err_msg=f"{name} under pmap")
+  np.testing.assert_allclose(np.asarray(got.mask).reshape(-1), want.mask,
+                             rtol=0, atol=1e-6)

@@ -4,6 +4,9 @@ Name for name it mirrors `jaxmask`; it never imports jaxmask.
 """
 
 from torch_ref.confidence import confidence_masks
+from torch_ref.criterion import hungarian_match
+from torch_ref.criterion import mask2former_loss
+from torch_ref.criterion import mask_matching_cost
 from torch_ref.distill import batch_correlation_loss
 from torch_ref.distill import class_correlation_loss
 from torch_ref.distill import kd_loss
@@ -20,6 +23,12 @@ from torch_ref.sampling import point_sample_single
 from torch_ref.sampling import sample_points_using_uncertainty
 from torch_ref.sampling import select_uncertain_points
 from torch_ref.sampling import uncertain_point_coords_on_grid
+from torch_ref.thresholds import fixmatch
+from torch_ref.thresholds import flexmatch
+from torch_ref.thresholds import freematch
+from torch_ref.thresholds import freematch_fairness_loss
+from torch_ref.thresholds import percentile_threshold
+from torch_ref.thresholds import softmatch
 
 __all__ = (
     "batch_correlation_loss",
@@ -27,16 +36,25 @@ __all__ = (
     "class_correlation_loss",
     "confidence_masks",
     "dice_loss",
+    "fixmatch",
+    "flexmatch",
+    "freematch",
+    "freematch_fairness_loss",
+    "hungarian_match",
     "kd_loss",
+    "mask2former_loss",
+    "mask_matching_cost",
     "mlkd_loss",
     "num_masks_normalizer",
     "pairwise_dice_loss",
     "pairwise_sigmoid_ce_loss",
+    "percentile_threshold",
     "point_mask_losses",
     "point_sample",
     "point_sample_single",
     "sample_points_using_uncertainty",
     "select_uncertain_points",
     "sigmoid_ce_loss",
+    "softmatch",
     "uncertain_point_coords_on_grid",
 )

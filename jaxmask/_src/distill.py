@@ -267,7 +267,7 @@ def mlkd_loss(
       `confidence_masks`); the losses themselves are local to each device.
 
   Returns:
-    An `MLKDLoss`; `.total` is `kd + cc + bc`.
+    An `MLKDLoss`; `MLKDLoss.total` is `kd + cc + bc`.
 
   Example:
     >>> teacher = jnp.array([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])

@@ -1,0 +1,600 @@
+"""The Mask2Former criterion: matching, class loss and mask losses, one program.
+
+Mask2Former trains by matching each image's target masks to its predictions
+(Hungarian matching on a class + mask cost) and supervising the matched pairs,
+at the final decoder layer and at every auxiliary layer. The PyTorch originals
+match image by image on the host with scipy; here matching runs on the device
+(`optax.assignment.hungarian_algorithm`), vmapped over images and layers, so
+the whole criterion is one jitted, differentiable program on static shapes:
+targets are padded to a fixed count `T` and flagged by `target_valid`.
+
+References:
+  Cheng et al., "Masked-attention Mask Transformer for Universal Image
+  Segmentation" (Mask2Former), CVPR 2022.
+  Mask2Former's `mask2former/modeling/matcher.py` and `criterion.py`; HF
+  transformers' `models/mask2former/modeling_mask2former.py`
+  (`Mask2FormerHungarianMatcher`, `Mask2FormerLoss`).
+  Kuhn, "The Hungarian method for the assignment problem", 1955.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import optax
+
+from jaxmask._src import checks
+from jaxmask._src import implementation as impl
+from jaxmask._src import point_losses
+from jaxmask._src import sampling
+
+# Finite costs are clamped into [-COST_LIMIT, COST_LIMIT] before matching, so
+# that the sentinel and the assignment's sums stay finite in float32.
+COST_LIMIT = 1e30
+
+
+class MaskMatching(NamedTuple):
+  """What `hungarian_match` returns: the matching both ways, int32."""
+
+  query_index: jax.Array  # [T]: the query matched to target t, -1 if padded
+  target_index: jax.Array  # [Q]: the target matched to query q, -1 if none
+
+
+class Mask2FormerLoss(NamedTuple):
+  """What `mask2former_loss` returns."""
+
+  total: jax.Array  # [] float32: the weighted sum of `losses`
+  losses: dict  # HF's keys -> [] float32, unweighted
+
+
+# ------------------------------------------------------------------- costs
+
+
+def guard_costs(cost: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Finite costs for the assignment: non-finite entries become a sentinel.
+
+  Finite entries are clamped into `[-COST_LIMIT, COST_LIMIT]`; NaN and ±inf
+  become `S = 4 T (m + 1)`, with `m` the largest finite `|cost|` of the valid
+  columns and `T` the number of columns. Any assignment that uses fewer
+  sentinel entries then costs less (their finite parts differ by at most
+  `2 T m < S`), which is HF's rule (non-finite pairs are matched only when
+  nothing else can be), and every sum inside the assignment stays below
+  `4 T² (COST_LIMIT + 1)`: finite in float32 for T up to 9000.
+  """
+  cost = cost.astype(jnp.float32)
+  finite = jnp.isfinite(cost)
+  cost = jnp.clip(jnp.where(finite, cost, 0.0), -COST_LIMIT, COST_LIMIT)
+  magnitude = jnp.abs(cost)
+  if valid is not None:
+    magnitude = jnp.where(valid[None, :], magnitude, 0.0)
+  sentinel = 4.0 * cost.shape[1] * (jnp.max(magnitude, initial=0.0) + 1.0)
+  return jnp.where(finite, cost, sentinel)
+
+
+def _check_matching_inputs(class_logits, mask_logits, target_labels,
+                           target_masks, batch_axes: int):
+  """Shapes and dtypes shared by `mask_matching_cost` and the criterion."""
+  lead = ("num_layers, batch, " if batch_axes == 2 else "")
+  tlead = ("batch, " if batch_axes == 2 else "")
+  checks.rank(class_logits, "class_logits", f"[{lead}num_queries, K + 1]")
+  checks.rank(mask_logits, "mask_logits", f"[{lead}num_queries, height, width]")
+  checks.rank(target_labels, "target_labels", f"[{tlead}num_targets]")
+  checks.rank(target_masks, "target_masks",
+              f"[{tlead}num_targets, target_height, target_width]")
+  checks.floating(class_logits, "class_logits")
+  checks.floating(mask_logits, "mask_logits")
+  if not jnp.issubdtype(target_labels.dtype, jnp.integer):
+    raise TypeError("target_labels must have an integer dtype, got"
+                    f" {target_labels.dtype}.")
+  if class_logits.shape[-1] < 2:
+    raise ValueError("class_logits must have K + 1 >= 2 classes (the last is"
+                     f" no-object), got shape {class_logits.shape}.")
+  n = batch_axes + 1  # leading axes up to and including the queries
+  if class_logits.shape[:n] != mask_logits.shape[:n]:
+    what = "[num_layers, batch, num_queries]" if batch_axes == 2 else (
+        "num_queries")
+    raise ValueError(f"class_logits and mask_logits must have the same {what},"
+                     f" got {class_logits.shape} and {mask_logits.shape}.")
+  if target_labels.shape != target_masks.shape[:target_labels.ndim]:
+    what = "[batch, num_targets]" if batch_axes == 2 else "num_targets"
+    raise ValueError(f"target_labels and target_masks must have the same {what},"
+                     f" got {target_labels.shape} and {target_masks.shape}.")
+  num_queries, num_targets = class_logits.shape[-2], target_labels.shape[-1]
+  if num_queries < num_targets:
+    raise ValueError(
+        f"num_queries ({num_queries}) must be >= num_targets ({num_targets}):"
+        " every target needs a query of its own.")
+
+
+def _labels_ok(target_labels, num_classes, valid=None):
+  """Labels in [0, K) (where valid): checked when concrete, else a flag."""
+  bad = (target_labels < 0) | (target_labels >= num_classes)
+  if valid is not None:
+    bad = bad & valid
+  if isinstance(bad, jax.core.Tracer):
+    return ~jnp.any(bad)
+  with jax.ensure_compile_time_eval():
+    if bool(jnp.any(bad)):
+      raise ValueError(
+          f"target_labels must lie in [0, {num_classes}) (K = {num_classes}"
+          " classes; K itself is no-object), got values from"
+          f" {int(jnp.min(target_labels))} to {int(jnp.max(target_labels))}.")
+  return True
+
+
+def _target_values(target_masks, name="target_masks"):
+  """Target masks as float32 in [0, 1]: concrete ones checked now."""
+  ok = checks.unit_interval(target_masks, name)
+  return target_masks.astype(jnp.float32), ok
+
+
+def _weight(value, name):
+  return checks.python_number(value, name, 0.0, math.inf)
+
+
+def mask_matching_cost(
+    class_logits: jax.typing.ArrayLike,
+    mask_logits: jax.typing.ArrayLike,
+    target_labels: jax.typing.ArrayLike,
+    target_masks: jax.typing.ArrayLike,
+    point_coords: jax.typing.ArrayLike,
+    *,
+    cost_class: float = 2.0,
+    cost_mask: float = 5.0,
+    cost_dice: float = 5.0,
+    implementation: impl.Implementation | None = None,
+) -> jax.Array:
+  r"""Mask2Former's matching cost between one image's queries and targets.
+
+  With :math:`p = \mathrm{softmax}(\text{class\_logits})` and the predicted and
+  target masks sampled at the shared points (`point_sample`),
+
+  .. math::
+     C_{qt} = w_{mask}\,\mathrm{CE}(x_q, y_t) - w_{class}\, p_{q, l_t}
+              + w_{dice}\,\mathrm{Dice}(x_q, y_t),
+
+  with `pairwise_sigmoid_ce_loss` and `pairwise_dice_loss` as CE and Dice.
+  Equivalent to the cost of HF transformers' `Mask2FormerHungarianMatcher`
+  (transformers 5.x) and Mask2Former's `HungarianMatcher.memory_efficient_
+  forward`, for the points they draw with `torch.rand(1, P, 2)`. Computed in
+  float32 whatever the input dtype, as the original (autocast off).
+
+  Non-finite costs (from NaN or infinite logits) are guarded as HF guards
+  them, which replaces them by the dtype's maximum: here by a sentinel
+  `4 T (m + 1)`, with `m` the largest finite `|cost|`, after finite costs are
+  clamped into ±1e30. Any assignment then uses as few non-finite pairs as it
+  can, and the assignment's sums cannot overflow.
+
+  Args:
+    class_logits: `[num_queries, K + 1]` floating class logits (the last
+      class is no-object).
+    mask_logits: `[num_queries, height, width]` floating mask logits.
+    target_labels: `[num_targets]` integer labels in [0, K); checked when
+      concrete, traced ones out of range make the whole cost NaN-guarded
+      (every entry the sentinel).
+    target_masks: `[num_targets, target_height, target_width]` masks in
+      [0, 1] (bool allowed), at any resolution.
+    point_coords: `[num_points, 2]` `(x, y)` points in [0, 1], shared by all
+      masks (e.g. `jax.random.uniform(key, (12544, 2))`).
+    cost_class: weight of the class cost, >= 0.
+    cost_mask: weight of the sigmoid cross-entropy cost, >= 0.
+    cost_dice: weight of the dice cost, >= 0.
+    implementation: as in `point_sample`.
+
+  Returns:
+    `[num_queries, num_targets]` float32 costs, all finite.
+
+  Example:
+    >>> cost = jaxmask.mask_matching_cost(
+    ...     jnp.zeros((3, 5)), jnp.zeros((3, 8, 8)), jnp.array([1, 2]),
+    ...     jnp.ones((2, 16, 16)), jnp.full((4, 2), 0.5))
+    >>> cost.shape
+    (3, 2)
+  """
+  class_logits = checks.array(class_logits, "class_logits")
+  mask_logits = checks.array(mask_logits, "mask_logits")
+  target_labels = checks.array(target_labels, "target_labels")
+  target_masks = checks.array(target_masks, "target_masks")
+  point_coords = checks.array(point_coords, "point_coords")
+  _check_matching_inputs(class_logits, mask_logits, target_labels,
+                         target_masks, batch_axes=0)
+  checks.rank(point_coords, "point_coords", "[num_points, 2]")
+  checks.floating(point_coords, "point_coords")
+  if point_coords.shape[1] != 2:
+    raise ValueError("point_coords must have shape [num_points, 2], got"
+                     f" {point_coords.shape}.")
+  if point_coords.shape[0] == 0:
+    raise ValueError("point_coords must hold at least one point, got shape"
+                     f" {point_coords.shape}.")
+  weights = (_weight(cost_class, "cost_class"), _weight(cost_mask, "cost_mask"),
+             _weight(cost_dice, "cost_dice"))
+  impl.check(implementation)
+  labels_ok = _labels_ok(target_labels, class_logits.shape[-1] - 1)
+  target_masks, masks_ok = _target_values(target_masks)
+  cost = _matching_cost(class_logits, mask_logits, target_labels, target_masks,
+                        point_coords, weights, implementation)
+  ok = checks.all_ok(labels_ok, masks_ok)
+  return guard_costs(checks.nan_unless(ok, cost))
+
+
+def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
+                   point_coords, weights, implementation):
+  """The unguarded `[Q, T]` float32 cost of one image (inputs validated)."""
+  w_class, w_mask, w_dice = weights
+  probs = jax.nn.softmax(checks.upcast(class_logits), axis=-1)
+  labels = jnp.clip(target_labels, 0, class_logits.shape[-1] - 1)
+  cost_class = -jnp.take(probs, labels, axis=1)
+  coords = checks.upcast(point_coords)[None]
+  # The queries' (and the targets') masks as the channels of one map, all
+  # sampled at the same points: [Q, P] and [T, P].
+  # In float32 whatever the logits' dtype, as the original (autocast off).
+  pred = sampling.point_sample(checks.upcast(mask_logits)[None], coords,
+                               implementation=implementation)[0]
+  target = sampling.point_sample(target_masks[None], coords,
+                                 implementation=implementation)[0]
+  cost_mask = point_losses.pairwise_sigmoid_ce(pred, target)
+  cost_dice = point_losses.pairwise_dice(pred, target)
+  return w_mask * cost_mask + w_class * cost_class + w_dice * cost_dice
+
+
+# ---------------------------------------------------------------- matching
+
+
+def hungarian_match(cost: jax.typing.ArrayLike,
+                    *,
+                    target_valid: jax.typing.ArrayLike | None = None
+                    ) -> MaskMatching:
+  """Minimum-cost assignment of every valid target to a distinct query.
+
+  Solves the linear assignment problem on `cost` restricted to the valid
+  target columns with `optax.assignment.hungarian_algorithm` (on the device,
+  jit- and vmap-able; no scipy, no host callback). Padded columns get a
+  constant cost, which cannot change the optimum of the valid ones since
+  `num_queries >= num_targets`, and are dropped afterwards. Its total cost
+  equals that of scipy's `linear_sum_assignment` on the valid columns, as
+  used by Mask2Former's and HF transformers' matchers; the assignment itself
+  may differ only where two assignments tie exactly. Non-finite costs are
+  guarded first, as in `mask_matching_cost`.
+
+  Args:
+    cost: `[num_queries, num_targets]` floating costs, `num_queries >=
+      num_targets`.
+    target_valid: `[num_targets]` bool, False for padded targets; None: all
+      valid.
+
+  Returns:
+    A `MaskMatching` of int32 arrays: `query_index [num_targets]`, the query
+    matched to each target (-1 for a padded target), and `target_index
+    [num_queries]`, the target matched to each query (-1 if none).
+
+  Example:
+    >>> cost = jnp.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    >>> jaxmask.hungarian_match(cost).query_index
+    Array([1, 0], dtype=int32)
+  """
+  cost = checks.array(cost, "cost")
+  checks.rank(cost, "cost", "[num_queries, num_targets]")
+  checks.floating(cost, "cost")
+  num_queries, num_targets = cost.shape
+  if num_queries < num_targets:
+    raise ValueError(
+        f"num_queries ({num_queries}) must be >= num_targets ({num_targets}):"
+        f" every target needs a query of its own, got cost {cost.shape}.")
+  if target_valid is None:
+    target_valid = jnp.ones((num_targets,), bool)
+  target_valid = checks.array(target_valid, "target_valid")
+  if target_valid.dtype != jnp.bool_:
+    raise TypeError("target_valid must be a bool array, got dtype"
+                    f" {target_valid.dtype}.")
+  if target_valid.shape != (num_targets,):
+    raise ValueError(f"target_valid must have shape [num_targets] ="
+                     f" ({num_targets},), got {target_valid.shape}.")
+  return _hungarian_match(cost, target_valid)
+
+
+@jax.jit
+def _hungarian_match(cost, target_valid):
+  num_queries, num_targets = cost.shape
+  if num_targets == 0:
+    return MaskMatching(jnp.zeros((0,), jnp.int32),
+                        jnp.full((num_queries,), -1, jnp.int32))
+  cost = lax.stop_gradient(cost)
+  cost = jnp.where(target_valid[None, :], guard_costs(cost, target_valid), 0.0)
+  rows, cols = optax.assignment.hungarian_algorithm(cost)
+  rows, cols = rows.astype(jnp.int32), cols.astype(jnp.int32)
+  query_index = jnp.full((num_targets,), -1, jnp.int32).at[cols].set(rows)
+  query_index = jnp.where(target_valid, query_index, -1)
+  target_index = jnp.full((num_queries,), -1, jnp.int32).at[rows].set(
+      jnp.where(target_valid[cols], cols, -1))
+  return MaskMatching(query_index, target_index)
+
+
+# --------------------------------------------------------------- criterion
+
+
+def layer_keys(key: jax.Array, num_layers: int, batch_size: int):
+  """The draws' keys: `(matcher keys [L, B], loss keys [L])`.
+
+  Layer `l` (decoder order) takes `layer_key = jax.random.split(key, L)[l]`;
+  `match_key, loss_key = jax.random.split(layer_key)`; image `b`'s matcher
+  key is `jax.random.split(match_key, B)[b]`.
+  """
+  def one_layer(layer_key):
+    match_key, loss_key = jax.random.split(layer_key)
+    return jax.random.split(match_key, batch_size), loss_key
+
+  return jax.vmap(one_layer)(jax.random.split(key, num_layers))
+
+
+def mask2former_loss(
+    key: jax.Array,
+    class_logits: jax.typing.ArrayLike,
+    mask_logits: jax.typing.ArrayLike,
+    target_labels: jax.typing.ArrayLike,
+    target_masks: jax.typing.ArrayLike,
+    target_valid: jax.typing.ArrayLike,
+    *,
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    no_object_weight: float = 0.1,
+    cost_class: float | None = None,
+    num_points: int | None = 12544,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+    num_matcher_points: int | None = None,
+    axis_name=None,
+    implementation: impl.Implementation | None = None,
+) -> Mask2FormerLoss:
+  r"""Mask2Former's training criterion, every decoder layer, one program.
+
+  Equivalent to HF transformers' `Mask2FormerLoss` followed by
+  `Mask2FormerForUniversalSegmentation.get_loss_dict` and `get_loss`
+  (transformers 5.x), and to Mask2Former's `SetCriterion` with its
+  `HungarianMatcher`. For each layer `l` (decoder order; the last is the final
+  prediction) and image, independently:
+
+  1. **Matching** (no gradient): `mask_matching_cost` at `M` uniform points
+     shared by the image's masks, weights `(cost_class or class_weight,
+     mask_weight, dice_weight)`, then `hungarian_match` over the valid
+     targets.
+  2. **Class loss**: cross-entropy over all `B x Q` queries of the layer,
+     matched queries targeting their target's label, the others the
+     no-object class `K`, with class weights `[1, ..., 1, no_object_weight]`
+     and PyTorch's weighted mean :math:`\sum_i w_{y_i} \mathrm{ce}_i / \sum_i
+     w_{y_i}`.
+  3. **Mask losses**: the matched predictions and their targets, sampled at
+     `num_points` points of `sample_points_using_uncertainty` (uncertain
+     points of the matched prediction, no gradient, plus fresh ones), then
+     sigmoid cross-entropy and dice, summed over matched masks and divided
+     by `num_masks = max(global count of valid targets / devices, 1)` (the
+     original's normaliser; HF's divides by the device count twice). With
+     `num_points=None`, the losses run over every pixel of the matched logits
+     bilinearly upsampled (align_corners=False) to the target size: the
+     full-mask loss of Mask2Former's Table 5.
+
+  `losses` has HF's keys, unweighted: `loss_cross_entropy`, `loss_mask`,
+  `loss_dice` for the final layer and `loss_cross_entropy_i`, `loss_mask_i`,
+  `loss_dice_i` for auxiliary layer `i = 0 ... L - 2`. `total` is
+  `class_weight * (every cross-entropy) + mask_weight * (every loss_mask) +
+  dice_weight * (every loss_dice)`.
+
+  **The draws.** With `layer_key = jax.random.split(key, L)[l]` and
+  `match_key, loss_key = jax.random.split(layer_key)`: image `b`'s matcher
+  points are `jax.random.uniform(jax.random.split(match_key, B)[b], (M, 2))`
+  (HF: `torch.rand(1, M, 2)`); the loss points of all `B * T` target slots
+  are `sample_points_using_uncertainty(loss_key, matched, num_points=...)`
+  with `matched[b * T + t]` the prediction matched to target `t` of image
+  `b` (zeros for padded targets). So target `t` of image `b` takes row
+  `b * T + t` of `jax.random.uniform(candidate_key, (B * T, P * r, 2))` as
+  candidates and of `jax.random.uniform(fresh_key, (B * T, P - k, 2))` as fresh
+  points, with `candidate_key, fresh_key = jax.random.split(loss_key)`. HF
+  draws per layer (final first, then auxiliary 0, 1, ...): each image's
+  matcher points, then candidates and then fresh points of the matched masks
+  ordered by image and query index; feed it those rows to reproduce a call.
+
+  **Weights.** The matcher's weights are the loss weights, as in the original
+  and current HF (`cost_class=None`); a number overrides the class cost only.
+  HF releases before its issue 38559 was fixed hard-coded a class cost of
+  1.0: pass `cost_class=1.0` to reproduce them.
+
+  **Faults.** An image with no valid target makes every query no-object and
+  adds nothing to the mask losses; a batch with none has zero mask losses.
+  Non-finite costs never hang the matcher: they are guarded as in
+  `mask_matching_cost`, so a query with NaN or infinite logits is matched
+  only when no finite choice is left. A NaN or infinite class logit makes the
+  layer's `loss_cross_entropy` NaN (every query enters it); a NaN or
+  infinite mask logit makes the mask losses NaN only if its query is matched.
+  Traced labels of valid targets outside [0, K) make every loss NaN.
+
+  Args:
+    key: a `jax.random` key.
+    class_logits: `[L, B, Q, K + 1]` floating class logits, layers in decoder
+      order (L = 1: no auxiliary loss).
+    mask_logits: `[L, B, Q, H, W]` floating mask logits.
+    target_labels: `[B, T]` integer labels in [0, K) (padded entries
+      unchecked).
+    target_masks: `[B, T, Ht, Wt]` target masks in [0, 1] (bool allowed), at
+      any resolution.
+    target_valid: `[B, T]` bool, False for padding. `T <= Q`.
+    class_weight: weight of the cross-entropy in `total` and the matcher.
+    mask_weight: weight of `loss_mask` in `total` and the matcher.
+    dice_weight: weight of `loss_dice` in `total` and the matcher.
+    no_object_weight: class weight of no-object in the cross-entropy.
+    cost_class: the matcher's class weight; None: `class_weight`.
+    num_points: P points per matched mask for the mask losses; None: every
+      pixel of the target size (full-mask losses).
+    oversample_ratio: candidates per point, r >= 1.
+    importance_sample_ratio: fraction k / P of points chosen by uncertainty.
+    num_matcher_points: M points for the matcher's cost; None: `num_points`,
+      or 12544 when `num_points` is None.
+    axis_name: the mapped axis (or axes) over which `num_masks` is summed,
+      inside `shard_map`/`pmap`; None for one device.
+    implementation: as in `point_sample`, for the sampling.
+
+  Returns:
+    `Mask2FormerLoss(total, losses)`: float32 scalars.
+
+  Example:
+    >>> L, B, Q, K, T = 2, 1, 4, 3, 2
+    >>> out = jaxmask.mask2former_loss(
+    ...     jax.random.key(0), jnp.zeros((L, B, Q, K + 1)),
+    ...     jnp.zeros((L, B, Q, 8, 8)), jnp.array([[0, 2]]),
+    ...     jnp.ones((B, T, 16, 16)), jnp.array([[True, False]]),
+    ...     num_points=16)
+    >>> sorted(out.losses)  # doctest: +NORMALIZE_WHITESPACE
+    ['loss_cross_entropy', 'loss_cross_entropy_0', 'loss_dice', 'loss_dice_0',
+     'loss_mask', 'loss_mask_0']
+  """
+  sampling.check_key(key)
+  class_logits = checks.array(class_logits, "class_logits")
+  mask_logits = checks.array(mask_logits, "mask_logits")
+  target_labels = checks.array(target_labels, "target_labels")
+  target_masks = checks.array(target_masks, "target_masks")
+  target_valid = checks.array(target_valid, "target_valid")
+  _check_matching_inputs(class_logits, mask_logits, target_labels,
+                         target_masks, batch_axes=2)
+  if target_valid.dtype != jnp.bool_:
+    raise TypeError("target_valid must be a bool array, got dtype"
+                    f" {target_valid.dtype}.")
+  if target_valid.shape != target_labels.shape:
+    raise ValueError(
+        "target_valid must have the shape of target_labels [batch,"
+        f" num_targets] = {target_labels.shape}, got {target_valid.shape}.")
+  if class_logits.shape[0] == 0:
+    raise ValueError("class_logits must hold at least one layer, got shape"
+                     f" {class_logits.shape}.")
+  weights = tuple(_weight(w, n) for w, n in (
+      (class_weight, "class_weight"), (mask_weight, "mask_weight"),
+      (dice_weight, "dice_weight"), (no_object_weight, "no_object_weight")))
+  if cost_class is not None:
+    cost_class = _weight(cost_class, "cost_class")
+  if num_points is not None:
+    num_points, oversample_ratio, importance_sample_ratio = (
+        sampling.check_sampling_options(key, num_points, oversample_ratio,
+                                        importance_sample_ratio,
+                                        implementation))
+  impl.check(implementation)
+  if num_matcher_points is None:
+    num_matcher_points = 12544 if num_points is None else num_points
+  num_matcher_points = checks.python_int(num_matcher_points,
+                                         "num_matcher_points", 1)
+  num_classes = class_logits.shape[-1] - 1
+  labels_ok = _labels_ok(target_labels, num_classes, target_valid)
+  target_masks, masks_ok = _target_values(target_masks)
+  ok = jnp.asarray(checks.all_ok(labels_ok, masks_ok))
+  return _mask2former_loss(
+      key, class_logits, mask_logits, target_labels, target_masks,
+      target_valid, ok, weights=weights, cost_class=cost_class,
+      num_points=num_points, oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio,
+      num_matcher_points=num_matcher_points, axis_name=axis_name,
+      implementation=implementation)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "weights", "cost_class", "num_points", "oversample_ratio",
+    "importance_sample_ratio", "num_matcher_points", "axis_name",
+    "implementation"))
+def _mask2former_loss(key, class_logits, mask_logits, target_labels,
+                      target_masks, target_valid, ok, *, weights, cost_class,
+                      num_points, oversample_ratio, importance_sample_ratio,
+                      num_matcher_points, axis_name, implementation):
+  class_weight, mask_weight, dice_weight, no_object_weight = weights
+  num_layers, batch_size = class_logits.shape[:2]
+  num_classes = class_logits.shape[-1] - 1
+  cost_weights = (class_weight if cost_class is None else cost_class,
+                  mask_weight, dice_weight)
+  num_masks = point_losses.num_masks_normalizer(
+      jnp.sum(target_valid), axis_name=axis_name)
+  labels = jnp.clip(target_labels, 0, num_classes - 1)
+  match_keys, loss_keys = layer_keys(key, num_layers, batch_size)
+
+  def match_image(match_key, class_logits, mask_logits, labels, masks, valid):
+    points = jax.random.uniform(match_key, (num_matcher_points, 2))
+    cost = _matching_cost(class_logits, mask_logits, labels, masks, points,
+                          cost_weights, implementation)
+    return _hungarian_match(cost, valid)
+
+  def layer_losses(match_keys, loss_key, class_logits, mask_logits):
+    matching = jax.vmap(match_image)(
+        match_keys, lax.stop_gradient(class_logits),
+        lax.stop_gradient(mask_logits), labels, target_masks, target_valid)
+    loss_ce = _class_loss(class_logits, labels, matching.target_index,
+                          num_classes, no_object_weight)
+    loss_mask, loss_dice = _mask_losses(
+        loss_key, mask_logits, target_masks, target_valid,
+        matching.query_index, num_masks, num_points=num_points,
+        oversample_ratio=oversample_ratio,
+        importance_sample_ratio=importance_sample_ratio,
+        implementation=implementation)
+    return loss_ce, loss_mask, loss_dice
+
+  loss_ce, loss_mask, loss_dice = jax.vmap(layer_losses)(
+      match_keys, loss_keys, class_logits, mask_logits)
+  loss_ce, loss_mask, loss_dice = (checks.nan_unless(ok, x) for x in (
+      loss_ce, loss_mask, loss_dice))
+  losses = {}
+  for layer in range(num_layers):
+    suffix = "" if layer == num_layers - 1 else f"_{layer}"
+    losses[f"loss_cross_entropy{suffix}"] = loss_ce[layer]
+    losses[f"loss_mask{suffix}"] = loss_mask[layer]
+    losses[f"loss_dice{suffix}"] = loss_dice[layer]
+  total = (class_weight * jnp.sum(loss_ce) + mask_weight * jnp.sum(loss_mask)
+           + dice_weight * jnp.sum(loss_dice))
+  return Mask2FormerLoss(total, losses)
+
+
+def _class_loss(class_logits, labels, target_index, num_classes,
+                no_object_weight):
+  """Weighted cross-entropy of one layer's `[B, Q, K + 1]` class logits."""
+  matched = target_index >= 0
+  target_class = jnp.where(
+      matched, jnp.take_along_axis(labels, jnp.maximum(target_index, 0),
+                                   axis=1), num_classes)
+  log_probs = jax.nn.log_softmax(checks.upcast(class_logits), axis=-1)
+  ce = -jnp.take_along_axis(log_probs, target_class[..., None], axis=-1)[..., 0]
+  weight = jnp.where(matched, 1.0, no_object_weight)
+  return jnp.sum(weight * ce) / jnp.sum(weight)
+
+
+def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
+                 num_masks, *, num_points, oversample_ratio,
+                 importance_sample_ratio, implementation):
+  """`(loss_mask, loss_dice)` of one layer's matched `[B, Q, H, W]` logits."""
+  batch_size, num_targets = query_index.shape
+  height, width = mask_logits.shape[-2:]
+  target_height, target_width = target_masks.shape[-2:]
+  if batch_size * num_targets == 0:
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+  matched = jnp.take_along_axis(
+      mask_logits, jnp.maximum(query_index, 0)[..., None, None], axis=1)
+  # Padded targets read zeros, and no gradient reaches query 0 through them.
+  # In float32 (as grid_sample under the original's autocast): B * T maps.
+  matched = checks.upcast(jnp.where(target_valid[..., None, None], matched, 0))
+  matched = matched.reshape(batch_size * num_targets, 1, height, width)
+  targets = target_masks.reshape(batch_size * num_targets, 1, target_height,
+                                 target_width)
+  if num_points is None:
+    logits = jax.image.resize(
+        matched, matched.shape[:2] + (target_height, target_width),
+        method="linear", antialias=False).reshape(batch_size * num_targets, -1)
+    labels = targets.reshape(batch_size * num_targets, -1)
+  else:
+    points = sampling.sample_points_using_uncertainty(
+        key, lax.stop_gradient(matched), num_points=num_points,
+        oversample_ratio=oversample_ratio,
+        importance_sample_ratio=importance_sample_ratio,
+        implementation=implementation)
+    labels = lax.stop_gradient(sampling.sample_at_drawn_points(
+        targets, points, implementation)[:, 0])
+    logits = sampling.sample_at_drawn_points(matched, points,
+                                             implementation)[:, 0]
+  valid = target_valid.reshape(-1)
+  ce = point_losses.bce_with_logits(logits, labels).mean(axis=1)
+  dice = point_losses.dice_per_mask(logits, labels)
+  return (jnp.sum(jnp.where(valid, ce, 0.0)) / num_masks,
+          jnp.sum(jnp.where(valid, dice, 0.0)) / num_masks)
