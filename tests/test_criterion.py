@@ -37,28 +37,23 @@ def _problem(seed, *, L=2, B=2, Q=7, K=5, T=4, H=12, W=10, Ht=20, Wt=16,
   return class_logits, mask_logits, labels, masks, valid
 
 
-def _keys(key, L, B):
-  """The docstring's recipe: (matcher keys [L][B], loss keys [L])."""
-  match, loss = [], []
-  for layer_key in jax.random.split(key, L):
-    match_key, loss_key = jax.random.split(layer_key)
-    match.append(list(jax.random.split(match_key, B)))
-    loss.append(loss_key)
-  return match, loss
+def _matcher_points(key, L, B, num_matcher_points):
+  """The docstring's recipe: image b's matcher points at layer l, `[L, B, M, 2]`."""
+  match_key, _ = jax.random.split(key)
+  return np.asarray(jax.random.uniform(match_key, (L, B, num_matcher_points, 2)))
 
 
 def _jax_matchings(key, class_logits, mask_logits, labels, masks, valid, *,
                    num_matcher_points, cost_weights):
   """`query_index [L, B, T]` from the public cost and matcher, per the recipe."""
   L, B = class_logits.shape[:2]
-  match_keys, _ = _keys(key, L, B)
+  points = _matcher_points(key, L, B, num_matcher_points)
   out = np.zeros((L, B, labels.shape[1]), np.int32)
   for l in range(L):
     for b in range(B):
-      points = jax.random.uniform(match_keys[l][b], (num_matcher_points, 2))
       cost = jaxmask.mask_matching_cost(
-          class_logits[l, b], mask_logits[l, b], labels[b], masks[b], points,
-          cost_class=cost_weights[0], cost_mask=cost_weights[1],
+          class_logits[l, b], mask_logits[l, b], labels[b], masks[b],
+          points[l, b], cost_class=cost_weights[0], cost_mask=cost_weights[1],
           cost_dice=cost_weights[2])
       out[l, b] = jaxmask.hungarian_match(
           cost, target_valid=jnp.asarray(valid[b])).query_index
@@ -69,22 +64,23 @@ def _hf_draws(key, valid, query_index, *, num_points, num_matcher_points,
               oversample_ratio=3.0, importance_sample_ratio=0.75):
   """jaxmask's draws in HF's `torch.rand` order (see `mask2former_loss`)."""
   L, B, T = query_index.shape
-  match_keys, loss_keys = _keys(key, L, B)
+  points = _matcher_points(key, L, B, num_matcher_points)
+  _, loss_key = jax.random.split(key)
+  candidate_key, fresh_key = jax.random.split(loss_key)
   draws = []
+  if num_points is not None:
+    num_uncertain = int(importance_sample_ratio * num_points)
+    candidates = np.asarray(jax.random.uniform(
+        candidate_key, (L * B * T, int(num_points * oversample_ratio), 2)))
+    fresh = np.asarray(jax.random.uniform(
+        fresh_key, (L * B * T, num_points - num_uncertain, 2)))
   for l in [L - 1] + list(range(L - 1)):  # HF: final layer, then aux 0, 1...
     for b in range(B):
-      draws.append(np.asarray(jax.random.uniform(
-          match_keys[l][b], (num_matcher_points, 2)))[None])
+      draws.append(points[l, b][None])
     if num_points is None:
       continue
-    num_uncertain = int(importance_sample_ratio * num_points)
-    candidate_key, fresh_key = jax.random.split(loss_keys[l])
-    candidates = np.asarray(jax.random.uniform(
-        candidate_key, (B * T, int(num_points * oversample_ratio), 2)))
-    fresh = np.asarray(jax.random.uniform(
-        fresh_key, (B * T, num_points - num_uncertain, 2)))
     # HF orders the matched masks by image, then by query index.
-    rows = [b * T + t for b in range(B) for _, t in sorted(
+    rows = [(l * B + b) * T + t for b in range(B) for _, t in sorted(
         (query_index[l, b, t], t) for t in range(T) if valid[b, t])]
     draws.append(candidates[rows])
     if num_points > num_uncertain:
@@ -101,7 +97,7 @@ class _Rand:
   def __call__(self, *shape, **kwargs):
     want = self.draws.pop(0)
     assert tuple(shape) == want.shape, (shape, want.shape)
-    return torch.from_numpy(np.ascontiguousarray(want))
+    return torch.from_numpy(np.array(want))  # a writable copy
 
 
 def _torch_targets(labels, masks, valid):
@@ -212,11 +208,11 @@ def test_class_cost_override():
   _assert_match(got, want)
 
 
-def test_matching_cost_matches_torch_ref(implementation):
+def test_matching_cost_matches_torch_ref():
   cl, ml, labels, masks, _ = _problem(7)
   points = np.random.default_rng(0).random((50, 2)).astype(np.float32)
   got = jaxmask.mask_matching_cost(cl[0, 0], ml[0, 0], labels[0], masks[0],
-                                   points, implementation=implementation)
+                                   points)
   want = torch_ref.mask_matching_cost(
       torch.from_numpy(cl[0, 0]), torch.from_numpy(ml[0, 0]),
       torch.from_numpy(labels[0]).long(), torch.from_numpy(masks[0]),
@@ -470,3 +466,27 @@ def test_against_hf_transformers_itself():
                    argnums=(0, 1))(cl, ml)
   np.testing.assert_allclose(grads[0], tcl.grad.numpy(), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(grads[1], tml.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_matcher_equals_the_plain_one():
+  """The XLA:CPU matching loop computes the plain matcher's values, bit for bit."""
+  from jaxmask._src import criterion
+  from jaxmask._src.xla_cpu import matching as xla_cpu_matching
+  import functools
+  cl, ml, labels, masks, valid = _problem(16, L=3, counts=[4, 2])
+  points = jax.random.uniform(jax.random.key(0), (3, 2, 40, 2))
+  match = functools.partial(criterion._match_image, cost_weights=(2.0, 5.0, 5.0))
+  plain = jax.jit(functools.partial(criterion._match_every_image,
+                                    cost_weights=(2.0, 5.0, 5.0)))
+  kernel = jax.jit(functools.partial(xla_cpu_matching.match_image_by_image, match,
+                                     criterion._sample_at_shared_points))
+  args = (points, cl, ml, labels, masks, valid)
+  for got, want in zip(kernel(*args), plain(*args)):
+    np.testing.assert_array_equal(got, want)
+  cost = lambda sample: jax.jit(jax.vmap(lambda p, c, m: criterion._matching_cost(
+      c, m, labels[0], masks[0], p, (2.0, 5.0, 5.0), sample)))(
+          points[:, 0], cl[:, 0], ml[:, 0])
+  from jaxmask._src.xla_cpu import barrier
+  apart = lambda maps, p: barrier.computed_apart(
+      criterion._sample_at_shared_points, maps, p)
+  np.testing.assert_array_equal(cost(apart), cost(None))

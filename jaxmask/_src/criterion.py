@@ -27,9 +27,11 @@ from jax import lax
 import optax
 
 from jaxmask._src import checks
+from jaxmask._src import grid
 from jaxmask._src import implementation as impl
 from jaxmask._src import point_losses
 from jaxmask._src import sampling
+from jaxmask._src.xla_cpu import matching as xla_cpu_matching
 
 # Finite costs are clamped into [-COST_LIMIT, COST_LIMIT] before matching, so
 # that the sentinel and the assignment's sums stay finite in float32.
@@ -145,7 +147,6 @@ def mask_matching_cost(
     cost_class: float = 2.0,
     cost_mask: float = 5.0,
     cost_dice: float = 5.0,
-    implementation: impl.Implementation | None = None,
 ) -> jax.Array:
   r"""Mask2Former's matching cost between one image's queries and targets.
 
@@ -182,7 +183,6 @@ def mask_matching_cost(
     cost_class: weight of the class cost, >= 0.
     cost_mask: weight of the sigmoid cross-entropy cost, >= 0.
     cost_dice: weight of the dice cost, >= 0.
-    implementation: as in `point_sample`.
 
   Returns:
     `[num_queries, num_targets]` float32 costs, all finite.
@@ -211,33 +211,82 @@ def mask_matching_cost(
                      f" {point_coords.shape}.")
   weights = (_weight(cost_class, "cost_class"), _weight(cost_mask, "cost_mask"),
              _weight(cost_dice, "cost_dice"))
-  impl.check(implementation)
   labels_ok = _labels_ok(target_labels, class_logits.shape[-1] - 1)
   target_masks, masks_ok = _target_values(target_masks)
   cost = _matching_cost(class_logits, mask_logits, target_labels, target_masks,
-                        point_coords, weights, implementation)
+                        point_coords, weights)
   ok = checks.all_ok(labels_ok, masks_ok)
   return guard_costs(checks.nan_unless(ok, cost))
 
 
 def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
-                   point_coords, weights, implementation):
-  """The unguarded `[Q, T]` float32 cost of one image (inputs validated)."""
+                   point_coords, weights, sample=None):
+  """The unguarded `[Q, T]` float32 cost of one image (inputs validated).
+
+  Every mask of the image is sampled at the same points, so the neighbours'
+  offsets and weights are computed once per point and the maps are read as
+  rows of `[C, H * W]` (`_sample_at_shared_points`), with `point_sample`'s
+  arithmetic.
+  """
   w_class, w_mask, w_dice = weights
   probs = jax.nn.softmax(checks.upcast(class_logits), axis=-1)
   labels = jnp.clip(target_labels, 0, class_logits.shape[-1] - 1)
   cost_class = -jnp.take(probs, labels, axis=1)
-  coords = checks.upcast(point_coords)[None]
-  # The queries' (and the targets') masks as the channels of one map, all
-  # sampled at the same points: [Q, P] and [T, P].
+  coords = checks.upcast(point_coords)
   # In float32 whatever the logits' dtype, as the original (autocast off).
-  pred = sampling.point_sample(checks.upcast(mask_logits)[None], coords,
-                               implementation=implementation)[0]
-  target = sampling.point_sample(target_masks[None], coords,
-                                 implementation=implementation)[0]
-  cost_mask = point_losses.pairwise_sigmoid_ce(pred, target)
-  cost_dice = point_losses.pairwise_dice(pred, target)
+  sample = sample or _sample_at_shared_points
+  pred = sample(checks.upcast(mask_logits), coords)
+  target = sample(target_masks, coords)
+  cost_mask, cost_dice = _pairwise_mask_costs(pred, target)
   return w_mask * cost_mask + w_class * cost_class + w_dice * cost_dice
+
+
+def _pairwise_mask_costs(logits, labels):
+  """`(pairwise_sigmoid_ce_loss, pairwise_dice_loss)` from one softplus.
+
+  With `s = softplus(-x) = BCE(x, 1)`: `BCE(x, 0) = s + x` and `sigmoid(x) =
+  exp(-s)`, so each of the `Q x P` logits costs one exp, one log1p and one exp
+  (the matcher's cost is bound by them), rather than two softplus and a
+  sigmoid. The products and sums are the pairwise losses' own.
+  """
+  num_points = logits.shape[1]
+  pos = jnp.maximum(-logits, 0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  neg = pos + logits
+  dot = functools.partial(jnp.matmul, precision=checks.HIGHEST)
+  cost_ce = dot(pos / num_points, labels.T) + dot(neg / num_points,
+                                                  (1 - labels).T)
+  probs = jnp.exp(-pos)
+  numerator = 2 * dot(probs, labels.T)
+  denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
+  return cost_ce, 1 - (numerator + 1) / (denominator + 1)
+
+
+def _sample_at_shared_points(maps: jax.Array, point_coords: jax.Array):
+  """`point_sample_single(maps, point_coords)`: `[C, H, W]` at `[P, 2]` -> `[C, P]`.
+
+  grid_sample's bilinear rule (zero padding, align_corners=False) summed in
+  its order, as `point_sample`; a NaN or infinite point samples NaN.
+  """
+  channels, height, width = maps.shape
+  if height * width == 0:
+    return jnp.where(jnp.all(jnp.isfinite(point_coords), -1), 0.0,
+                     jnp.nan)[None].repeat(channels, 0).astype(maps.dtype)
+  ix, iy = grid.pixel_positions(point_coords, height, width)
+  finite = jnp.isfinite(ix) & jnp.isfinite(iy)
+  ix, iy = jnp.where(finite, ix, -2.0), jnp.where(finite, iy, -2.0)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  flat = maps.reshape(channels, height * width)
+
+  def pixel(x, y):
+    on_map = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    offset = (jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
+              + jnp.clip(x, 0, width - 1).astype(jnp.int32))
+    return jnp.where(on_map, jnp.take(flat, offset, axis=1), 0)
+
+  nw, ne, sw, se = grid.bilinear_weights(ix, iy)
+  out = (pixel(x0, y0) * nw + pixel(x0 + 1, y0) * ne
+         + pixel(x0, y0 + 1) * sw + pixel(x0 + 1, y0 + 1) * se)
+  return jnp.where(finite, out, jnp.nan).astype(maps.dtype)
 
 
 # ---------------------------------------------------------------- matching
@@ -315,20 +364,6 @@ def _hungarian_match(cost, target_valid):
 # --------------------------------------------------------------- criterion
 
 
-def layer_keys(key: jax.Array, num_layers: int, batch_size: int):
-  """The draws' keys: `(matcher keys [L, B], loss keys [L])`.
-
-  Layer `l` (decoder order) takes `layer_key = jax.random.split(key, L)[l]`;
-  `match_key, loss_key = jax.random.split(layer_key)`; image `b`'s matcher
-  key is `jax.random.split(match_key, B)[b]`.
-  """
-  def one_layer(layer_key):
-    match_key, loss_key = jax.random.split(layer_key)
-    return jax.random.split(match_key, batch_size), loss_key
-
-  return jax.vmap(one_layer)(jax.random.split(key, num_layers))
-
-
 def mask2former_loss(
     key: jax.Array,
     class_logits: jax.typing.ArrayLike,
@@ -382,19 +417,20 @@ def mask2former_loss(
   `class_weight * (every cross-entropy) + mask_weight * (every loss_mask) +
   dice_weight * (every loss_dice)`.
 
-  **The draws.** With `layer_key = jax.random.split(key, L)[l]` and
-  `match_key, loss_key = jax.random.split(layer_key)`: image `b`'s matcher
-  points are `jax.random.uniform(jax.random.split(match_key, B)[b], (M, 2))`
-  (HF: `torch.rand(1, M, 2)`); the loss points of all `B * T` target slots
-  are `sample_points_using_uncertainty(loss_key, matched, num_points=...)`
-  with `matched[b * T + t]` the prediction matched to target `t` of image
-  `b` (zeros for padded targets). So target `t` of image `b` takes row
-  `b * T + t` of `jax.random.uniform(candidate_key, (B * T, P * r, 2))` as
-  candidates and of `jax.random.uniform(fresh_key, (B * T, P - k, 2))` as fresh
-  points, with `candidate_key, fresh_key = jax.random.split(loss_key)`. HF
-  draws per layer (final first, then auxiliary 0, 1, ...): each image's
-  matcher points, then candidates and then fresh points of the matched masks
-  ordered by image and query index; feed it those rows to reproduce a call.
+  **The draws.** With `match_key, loss_key = jax.random.split(key)`, the
+  matcher points of image `b` at layer `l` are row `[l, b]` of
+  `jax.random.uniform(match_key, (L, B, M, 2))` (HF: `torch.rand(1, M, 2)`).
+  The loss points of all `L * B * T` target slots come from one call,
+  `sample_points_using_uncertainty(loss_key, matched, num_points=P, ...)`,
+  where `matched[(l * B + b) * T + t]` is layer `l`'s prediction matched to
+  target `t` of image `b` (zeros for a padded target): with `candidate_key,
+  fresh_key = jax.random.split(loss_key)`, that slot's candidates are row
+  `(l * B + b) * T + t` of `jax.random.uniform(candidate_key, (L * B * T,
+  int(P * r), 2))` and its fresh points the same row of
+  `jax.random.uniform(fresh_key, (L * B * T, P - k, 2))`. HF draws per layer
+  (final first, then auxiliary 0, 1, ...): each image's matcher points, then
+  the candidates and then the fresh points of the matched masks ordered by
+  image and query index; feed it those rows to reproduce a call.
 
   **Weights.** The matcher's weights are the loss weights, as in the original
   and current HF (`cost_class=None`); a number overrides the class cost only.
@@ -511,30 +547,35 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
   num_masks = point_losses.num_masks_normalizer(
       jnp.sum(target_valid), axis_name=axis_name)
   labels = jnp.clip(target_labels, 0, num_classes - 1)
-  match_keys, loss_keys = layer_keys(key, num_layers, batch_size)
+  match_key, loss_key = jax.random.split(key)
 
-  def match_image(match_key, class_logits, mask_logits, labels, masks, valid):
-    points = jax.random.uniform(match_key, (num_matcher_points, 2))
-    cost = _matching_cost(class_logits, mask_logits, labels, masks, points,
-                          cost_weights, implementation)
-    return _hungarian_match(cost, valid)
+  # 1. Matching, every layer and image at once, without gradient.
+  points = jax.random.uniform(
+      match_key, (num_layers, batch_size, num_matcher_points, 2))
 
-  def layer_losses(match_keys, loss_key, class_logits, mask_logits):
-    matching = jax.vmap(match_image)(
-        match_keys, lax.stop_gradient(class_logits),
-        lax.stop_gradient(mask_logits), labels, target_masks, target_valid)
-    loss_ce = _class_loss(class_logits, labels, matching.target_index,
-                          num_classes, no_object_weight)
-    loss_mask, loss_dice = _mask_losses(
-        loss_key, mask_logits, target_masks, target_valid,
-        matching.query_index, num_masks, num_points=num_points,
-        oversample_ratio=oversample_ratio,
-        importance_sample_ratio=importance_sample_ratio,
-        implementation=implementation)
-    return loss_ce, loss_mask, loss_dice
+  matching = impl.choose(
+      implementation,
+      plain=functools.partial(_match_every_image, cost_weights=cost_weights),
+      xla_cpu=functools.partial(
+          xla_cpu_matching.match_image_by_image,
+          functools.partial(_match_image, cost_weights=cost_weights),
+          _sample_at_shared_points),
+      operands=(points, lax.stop_gradient(class_logits),
+                lax.stop_gradient(mask_logits), labels, target_masks,
+                target_valid))
 
-  loss_ce, loss_mask, loss_dice = jax.vmap(layer_losses)(
-      match_keys, loss_keys, class_logits, mask_logits)
+  # 2. The class loss of each layer.
+  loss_ce = jax.vmap(_class_loss, in_axes=(0, None, 0, None, None))(
+      class_logits, labels, matching.target_index, num_classes,
+      no_object_weight)
+
+  # 3. The mask losses of every matched prediction of every layer.
+  loss_mask, loss_dice = _mask_losses(
+      loss_key, mask_logits, target_masks, target_valid, matching.query_index,
+      num_masks, num_points=num_points, oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio,
+      implementation=implementation)
+
   loss_ce, loss_mask, loss_dice = (checks.nan_unless(ok, x) for x in (
       loss_ce, loss_mask, loss_dice))
   losses = {}
@@ -546,6 +587,24 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
   total = (class_weight * jnp.sum(loss_ce) + mask_weight * jnp.sum(loss_mask)
            + dice_weight * jnp.sum(loss_dice))
   return Mask2FormerLoss(total, losses)
+
+
+def _match_image(points, class_logits, mask_logits, labels, masks, valid, *,
+                 cost_weights, sample=None):
+  """One image: `mask_matching_cost` (unvalidated) + `hungarian_match`."""
+  cost = _matching_cost(class_logits, mask_logits, labels, masks, points,
+                        cost_weights, sample)
+  return _hungarian_match(cost, valid)
+
+
+def _match_every_image(points, class_logits, mask_logits, labels,
+                       target_masks, target_valid, *, cost_weights):
+  """The plain matcher over `[L, B, ...]`: `_match_image`, vmapped."""
+  over_images = jax.vmap(functools.partial(_match_image,
+                                           cost_weights=cost_weights))
+  over_layers = jax.vmap(over_images, in_axes=(0, 0, 0, None, None, None))
+  return over_layers(points, class_logits, mask_logits, labels, target_masks,
+                     target_valid)
 
 
 def _class_loss(class_logits, labels, target_index, num_classes,
@@ -564,37 +623,54 @@ def _class_loss(class_logits, labels, target_index, num_classes,
 def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
                  num_masks, *, num_points, oversample_ratio,
                  importance_sample_ratio, implementation):
-  """`(loss_mask, loss_dice)` of one layer's matched `[B, Q, H, W]` logits."""
-  batch_size, num_targets = query_index.shape
-  height, width = mask_logits.shape[-2:]
+  """`(loss_mask [L], loss_dice [L])` of the matched `[L, B, Q, H, W]` logits.
+
+  All `L * B * T` target slots at once, padded ones included and masked out.
+  """
+  num_layers, batch_size, _, height, width = mask_logits.shape
+  num_targets = query_index.shape[-1]
   target_height, target_width = target_masks.shape[-2:]
   if batch_size * num_targets == 0:
-    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    zeros = jnp.zeros((num_layers,), jnp.float32)
+    return zeros, zeros
   matched = jnp.take_along_axis(
-      mask_logits, jnp.maximum(query_index, 0)[..., None, None], axis=1)
-  # Padded targets read zeros, and no gradient reaches query 0 through them.
-  # In float32 (as grid_sample under the original's autocast): B * T maps.
-  matched = checks.upcast(jnp.where(target_valid[..., None, None], matched, 0))
-  matched = matched.reshape(batch_size * num_targets, 1, height, width)
-  targets = target_masks.reshape(batch_size * num_targets, 1, target_height,
-                                 target_width)
+      mask_logits, jnp.maximum(query_index, 0)[..., None, None], axis=2)
+  # A padded target's slot holds query 0's logits without gradient: its
+  # losses are dropped below, and real logits keep the selection of its
+  # points ordinary (all-equal scores, such as zeros, slow the XLA:CPU top-k).
+  # In float32 (as grid_sample under the original's autocast): L * B * T maps.
+  valid = target_valid[None, :, :, None, None]
+  matched = checks.upcast(jnp.where(valid, matched,
+                                    lax.stop_gradient(matched)))
+  slots = num_layers * batch_size * num_targets
   if num_points is None:
+    # Every target pixel, the logits upsampled (align_corners=False).
     logits = jax.image.resize(
-        matched, matched.shape[:2] + (target_height, target_width),
-        method="linear", antialias=False).reshape(batch_size * num_targets, -1)
-    labels = targets.reshape(batch_size * num_targets, -1)
+        matched, matched.shape[:3] + (target_height, target_width),
+        method="linear", antialias=False)
+    logits = logits.reshape(num_layers, batch_size, num_targets, -1)
+    labels = target_masks.reshape(1, batch_size, num_targets, -1)
   else:
     points = sampling.sample_points_using_uncertainty(
-        key, lax.stop_gradient(matched), num_points=num_points,
-        oversample_ratio=oversample_ratio,
+        key, lax.stop_gradient(matched).reshape(slots, 1, height, width),
+        num_points=num_points, oversample_ratio=oversample_ratio,
         importance_sample_ratio=importance_sample_ratio,
         implementation=implementation)
-    labels = lax.stop_gradient(sampling.sample_at_drawn_points(
-        targets, points, implementation)[:, 0])
-    logits = sampling.sample_at_drawn_points(matched, points,
-                                             implementation)[:, 0]
-  valid = target_valid.reshape(-1)
-  ce = point_losses.bce_with_logits(logits, labels).mean(axis=1)
+    logits = sampling.sample_at_drawn_points(
+        matched.reshape(slots, 1, height, width), points, implementation)
+    logits = logits.reshape(num_layers, batch_size, num_targets, num_points)
+    # Each target is sampled at its L layers' points in one call, so the
+    # targets are not copied once per layer.
+    points = points.reshape(num_layers, batch_size * num_targets, num_points, 2)
+    points = points.transpose(1, 0, 2, 3).reshape(batch_size * num_targets,
+                                                  num_layers * num_points, 2)
+    labels = sampling.sample_at_drawn_points(
+        target_masks.reshape(batch_size * num_targets, 1, target_height,
+                             target_width), points, implementation)
+    labels = labels.reshape(batch_size, num_targets, num_layers, num_points)
+    labels = lax.stop_gradient(labels.transpose(2, 0, 1, 3))
+  ce = point_losses.bce_with_logits(logits, labels).mean(axis=-1)
   dice = point_losses.dice_per_mask(logits, labels)
-  return (jnp.sum(jnp.where(valid, ce, 0.0)) / num_masks,
-          jnp.sum(jnp.where(valid, dice, 0.0)) / num_masks)
+  valid = target_valid[None]
+  return (jnp.sum(jnp.where(valid, ce, 0.0), axis=(1, 2)) / num_masks,
+          jnp.sum(jnp.where(valid, dice, 0.0), axis=(1, 2)) / num_masks)
