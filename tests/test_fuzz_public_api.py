@@ -62,6 +62,24 @@ Functions covered (all of `jaxmask.__all__`, see `test_every_public_name_is_fuzz
   `>= 0`, equal to the documented composition of
   `sample_points_using_uncertainty`, `point_sample`, `sigmoid_ce_loss` and
   `dice_loss`; zero masks give (0, 0).
+* `fixmatch`, `flexmatch`, `freematch`, `softmatch`, `percentile_threshold`
+  (`ConfidenceThreshold`, `ThresholdOutput`, `FlexMatchState`,
+  `FreeMatchState`, `SoftMatchState`): over sequences of batches (one-sample
+  ones too) of softmax rows, `mask` is float32 `[B]` in [0, 1] (0/1 except
+  SoftMatch), `pseudo_labels` int32 `[B]` the argmax of the (unaligned)
+  probs, the state keeps its NamedTuple type, shapes and dtypes, and a jitted
+  `update` gives eager's result; FixMatch's mask is exactly `max p >=
+  float32(p_cutoff)`; `percentile_threshold` is `percentile_mask` of the row
+  maxima, so on `confidence_masks`' probs it returns that mask; FlexMatch,
+  FreeMatch and SoftMatch follow float64 re-computations of their documented
+  updates from the previous state (masks compared away from the threshold;
+  SoftMatch weights where the variance is >= 1e-4). `update`'s own arguments
+  (`state`, `probs`, `indices`; FlexMatch's indices are required and range
+  checked) are fuzzed by `test_hostile_update_argument_is_named`.
+* `freematch_fairness_loss`: a float32 scalar, finite and <= 0 (up to
+  rounding) for finite logits (half precision and huge values too), exactly 0
+  when the mask is all zero, equal to a float64 oracle of the documented
+  formula on moderate logits, for states from `freematch`'s `update`.
 
 Hostile arguments (wrong ranks and dtypes, empty arrays, NaN/inf/negative
 scalars, bools and floats for ints, unknown strings, bad keys, labels outside
@@ -234,26 +252,42 @@ QS = (0.0, 0.1, 10.0, 25.0, 33.3, 50.0, 62.5, 75.0, 90.0, 99.9, 100.0)
 # Public name -> the tests in this file that exercise it.
 COVERED = {
     "ConfidenceMasks": "test_confidence_masks_contract",
+    "ConfidenceThreshold": "test_threshold_update_contract",
+    "FlexMatchState": "test_threshold_update_contract",
+    "FreeMatchState": "test_threshold_update_contract",
     "MLKDLoss": "test_mlkd_loss_contract",
+    "Mask2FormerLoss": "test_mask2former_loss_contract",
+    "MaskMatching": "test_hungarian_match_contract",
     "PointMaskLosses": "test_point_mask_losses_contract",
+    "SoftMatchState": "test_threshold_update_contract",
+    "ThresholdOutput": "test_threshold_update_contract",
     "batch_correlation_loss": "test_distillation_losses_contract",
     "calculate_uncertainty": "test_calculate_uncertainty_is_minus_abs",
     "class_correlation_loss": "test_distillation_losses_contract",
     "confidence_masks": "test_confidence_masks_contract",
     "dice_loss": "test_point_losses_contract",
+    "fixmatch": "test_threshold_update_contract",
+    "flexmatch": "test_threshold_update_contract",
+    "freematch": "test_threshold_update_contract",
+    "freematch_fairness_loss": "test_freematch_fairness_loss_contract",
+    "hungarian_match": "test_hungarian_match_contract",
     "kd_loss": "test_distillation_losses_contract",
+    "mask2former_loss": "test_mask2former_loss_contract",
+    "mask_matching_cost": "test_mask_matching_cost_contract",
     "mlkd_loss": "test_mlkd_loss_contract",
     "num_masks_normalizer": "test_num_masks_normalizer_contract",
     "pairwise_dice_loss": "test_point_losses_contract",
     "pairwise_sigmoid_ce_loss": "test_point_losses_contract",
     "percentile": "test_percentile_and_mask_follow_numpy",
     "percentile_mask": "test_percentile_and_mask_follow_numpy",
+    "percentile_threshold": "test_percentile_threshold_is_the_confidence_masks_mask",
     "point_mask_losses": "test_point_mask_losses_contract",
     "point_sample": "test_point_sample_contract",
     "point_sample_single": "test_point_sample_contract",
     "sample_points_using_uncertainty": "test_sample_points_contract",
     "select_uncertain_points": "test_select_uncertain_points_contract",
     "sigmoid_ce_loss": "test_point_losses_contract",
+    "softmatch": "test_threshold_update_contract",
     "top_k_indices": "test_top_k_indices_contract",
     "uncertain_point_coords_on_grid": "test_on_grid_contract",
 }
@@ -959,6 +993,393 @@ def test_point_mask_losses_contract(implementation, case, data, num_masks,
 
 
 # ---------------------------------------------------------------------------
+# (b) The Mask2Former criterion.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@_fuzz(20)
+@given(data=st.data(), q=st.sampled_from((2, 4)), t=st.sampled_from((0, 1, 2)),
+       nonfinite=st.booleans(), target_dtype=st.sampled_from(("float32", "bool")))
+def test_mask_matching_cost_contract(implementation, data, q, t, nonfinite,
+                                     target_dtype):
+  """Finite float32 `[Q, T]`; the documented composition where it is finite."""
+  cls = data.draw(_floats((q, 4), huge=False, nonfinite=nonfinite))
+  masks = data.draw(_floats((q, 3, 5), huge=False, nonfinite=nonfinite))
+  labels = np.asarray(data.draw(hnp.arrays(np.int32, (t,),
+                                           elements=st.integers(0, 2))))
+  targets = np.asarray(data.draw(_unit((t, 4, 4))))
+  if target_dtype == "bool":
+    targets = targets > 0.5
+  points = np.asarray(data.draw(_unit((6, 2))))
+  cost = jaxmask.mask_matching_cost(cls, masks, labels, targets, points)
+  assert cost.shape == (q, t) and cost.dtype == jnp.float32
+  assert np.isfinite(np.asarray(cost)).all()
+  if t == 0:
+    return
+  probs = jax.nn.softmax(jnp.asarray(cls), axis=-1)
+  pred = jaxmask.point_sample_single(masks, points, implementation=implementation)
+  target = jaxmask.point_sample_single(np.float32(targets), points,
+                                       implementation=implementation)
+  want = np.asarray(5.0 * jaxmask.pairwise_sigmoid_ce_loss(pred, target)
+                    - 2.0 * probs[:, labels]
+                    + 5.0 * jaxmask.pairwise_dice_loss(pred, target))
+  finite = np.isfinite(want)
+  np.testing.assert_allclose(np.asarray(cost)[finite], want[finite],
+                             rtol=1e-5, atol=1e-5)
+  # Non-finite entries become one sentinel above every finite entry.
+  if not finite.all():
+    assert (np.asarray(cost)[~finite] > np.abs(want[finite]).max(initial=0)).all()
+
+
+@_fuzz(40)
+@given(data=st.data(), shape=st.sampled_from(((1, 1), (3, 2), (5, 5), (6, 3))),
+       nonfinite=st.booleans())
+def test_hungarian_match_contract(data, shape, nonfinite):
+  """A valid matching of every valid target; scipy's optimum where finite."""
+  from scipy.optimize import linear_sum_assignment
+  cost = np.asarray(data.draw(_floats(shape, huge=False, nonfinite=nonfinite)))
+  valid = np.asarray(data.draw(hnp.arrays(np.bool_, (shape[1],))))
+  out = jaxmask.hungarian_match(cost, target_valid=valid)
+  assert isinstance(out, jaxmask.MaskMatching)
+  query, target = np.asarray(out.query_index), np.asarray(out.target_index)
+  assert query.shape == (shape[1],) and target.shape == (shape[0],)
+  assert query.dtype == target.dtype == np.int32
+  assert (query[~valid] == -1).all() and (query[valid] >= 0).all()
+  assert len(set(query[valid])) == valid.sum()
+  assert all(target[query[t]] == t for t in np.flatnonzero(valid))
+  assert (target >= 0).sum() == valid.sum()
+  sub = cost[:, valid].astype(np.float64)
+  if np.isfinite(sub).all() and valid.any():
+    rows, cols = linear_sum_assignment(sub)
+    got = sub[query[valid], np.arange(valid.sum())].sum()
+    np.testing.assert_allclose(got, sub[rows, cols].sum(), rtol=1e-5, atol=1e-4)
+
+
+_CRITERION_CASES = (  # L, B, Q, K, T, H, W, Ht, Wt, num_points
+    (1, 1, 2, 2, 1, 3, 4, 4, 4, 4),
+    (2, 2, 3, 3, 2, 4, 3, 5, 6, None),
+)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@_fuzz(8)
+@given(case=st.sampled_from(_CRITERION_CASES), data=st.data(),
+       seed=st.integers(0, 3))
+def test_mask2former_loss_contract(implementation, case, data, seed):
+  """Keys, float32 scalars >= 0 for finite logits, total = weighted sum."""
+  L, B, Q, K, T, H, W, Ht, Wt, num_points = case
+  cls = data.draw(_floats((L, B, Q, K + 1), huge=False))
+  masks = data.draw(_floats((L, B, Q, H, W), huge=False))
+  labels = np.asarray(data.draw(hnp.arrays(np.int32, (B, T),
+                                           elements=st.integers(0, K - 1))))
+  targets = np.asarray(data.draw(_unit((B, T, Ht, Wt))))
+  valid = np.asarray(data.draw(hnp.arrays(np.bool_, (B, T))))
+  out = jaxmask.mask2former_loss(
+      jax.random.key(seed), cls, masks, labels, targets, valid,
+      num_points=num_points, num_matcher_points=4,
+      implementation=implementation)
+  assert isinstance(out, jaxmask.Mask2FormerLoss)
+  names = ["loss_cross_entropy", "loss_mask", "loss_dice"]
+  assert set(out.losses) == set(names) | {
+      f"{n}_{i}" for n in names for i in range(L - 1)}
+  for value in (out.total, *out.losses.values()):
+    assert value.shape == () and value.dtype == jnp.float32
+    assert np.isfinite(value) and value >= -1e-6
+  weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+  want = sum(weights[k.rstrip("_0123456789")] * float(v)
+             for k, v in out.losses.items())
+  np.testing.assert_allclose(out.total, want, rtol=1e-5, atol=1e-6)
+  if not valid.any():
+    assert float(out.losses["loss_mask"]) == float(out.losses["loss_dice"]) == 0
+
+
+# ---------------------------------------------------------------------------
+# (b) Adaptive SSL thresholds.
+# ---------------------------------------------------------------------------
+
+_TC, _TN = 3, 8  # classes; FlexMatch's unlabelled dataset size
+# Config -> (factory, keywords). Each threshold is built once (`_threshold`),
+# so its jitted `update` compiles once per batch size and is reused.
+_THRESHOLD_CONFIGS = {
+    "fixmatch": ("fixmatch", dict(p_cutoff=0.7)),
+    "fixmatch_f32_cutoff": ("fixmatch", dict(p_cutoff=0.95)),
+    "flexmatch": ("flexmatch", dict(num_classes=_TC, num_unlabelled=_TN,
+                                    p_cutoff=0.6)),
+    "flexmatch_concave": ("flexmatch", dict(
+        num_classes=_TC, num_unlabelled=_TN, p_cutoff=0.5, warmup=False,
+        mapping="concave")),
+    "flexmatch_linear": ("flexmatch", dict(
+        num_classes=_TC, num_unlabelled=_TN, p_cutoff=1.0, mapping="linear")),
+    "freematch": ("freematch", dict(num_classes=_TC, momentum=0.5)),
+    "freematch_quantile": ("freematch", dict(
+        num_classes=_TC, momentum=0.0, use_quantile=True, clip_thresh=True)),
+    "percentile_high": ("percentile_threshold", dict(q=20.0, keep="high")),
+    "percentile_low": ("percentile_threshold", dict(q=62.5, keep="low")),
+    "softmatch": ("softmatch", dict(num_classes=_TC, momentum=0.5)),
+    "softmatch_unaligned": ("softmatch", dict(
+        num_classes=_TC, momentum=0.0, n_sigma=3.0, dist_align=False)),
+}
+_THRESHOLDS = {}
+
+
+def _threshold(config):
+  """(threshold, jitted update), built once per config."""
+  if config not in _THRESHOLDS:
+    factory, kwargs = _THRESHOLD_CONFIGS[config]
+    t = getattr(jaxmask, factory)(**kwargs)
+    _THRESHOLDS[config] = (t, jax.jit(t.update))
+  return _THRESHOLDS[config]
+
+
+def _probs_from(logits: np.ndarray) -> np.ndarray:
+  """Rows of float32 probabilities: the softmax (float64) of `logits`."""
+  return _softmax64(logits.astype(np.float64)).astype(np.float32)
+
+
+def _assert_same_layout(got, want):
+  """Same pytree structure (NamedTuple type included), shapes and dtypes."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.shape == w.shape and g.dtype == w.dtype, (g, w)
+
+
+def _assert_same_tree(got, want):
+  """Same layout and values (integers exactly)."""
+  _assert_same_layout(got, want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    if jnp.issubdtype(w.dtype, jnp.integer):
+      np.testing.assert_array_equal(g, w)
+    else:
+      np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def _assert_mask_away_from(mask, conf, threshold, eps=1e-5):
+  """mask == [conf >= threshold] (float64 oracle) wherever they are apart."""
+  clear = np.abs(conf - threshold) > eps * np.maximum(1.0, np.abs(threshold))
+  np.testing.assert_array_equal(np.asarray(mask)[clear],
+                                (conf >= threshold)[clear])
+
+
+def _oracle_flexmatch(kwargs, prev, probs, indices, out, new):
+  """The docstring of `flexmatch`, in float64 / exact counts."""
+  p_cutoff, mapping = kwargs["p_cutoff"], kwargs.get("mapping", "convex")
+  warmup = kwargs.get("warmup", True)
+  conf, labels = probs.max(1).astype(np.float64), probs.argmax(1)
+  a = np.asarray(prev.classwise_acc, np.float64)[labels]
+  threshold = p_cutoff * {
+      "convex": lambda: a / (2 - a), "linear": lambda: (a + 1) / 2,
+      "concave": lambda: (np.log(a + 1) + 0.5) / (np.log(2) + 0.5)}[mapping]()
+  _assert_mask_away_from(out.mask, conf, threshold)
+  # Confident samples (conf >= p_cutoff in float32, the cutoff itself kept)
+  # write their label; a repeated index keeps one of its labels.
+  confident = probs.max(1) >= np.float32(p_cutoff)
+  selected = np.asarray(new.selected_label)
+  want = np.asarray(prev.selected_label).copy()
+  for i in set(indices[confident].tolist()):
+    assert selected[i] in set(labels[confident & (indices == i)].tolist())
+    want[i] = selected[i]
+  np.testing.assert_array_equal(selected, want)
+  counts = np.array([(selected == c).sum() for c in range(-1, _TC)])
+  if counts.max() == _TN:  # one bucket holds every sample: unchanged
+    np.testing.assert_array_equal(new.classwise_acc, prev.classwise_acc)
+  else:
+    denominator = counts.max() if warmup else counts[1:].max()
+    np.testing.assert_array_equal(
+        new.classwise_acc, np.float32(counts[1:]) / np.float32(denominator))
+
+
+def _oracle_freematch(kwargs, prev, probs, out, new):
+  """The docstring of `freematch`, in float64: update first, then mask."""
+  m = kwargs["momentum"]
+  p64 = probs.astype(np.float64)
+  conf, labels = p64.max(1), p64.argmax(1)
+  statistic = (np.quantile(conf, 0.8) if kwargs.get("use_quantile")
+               else conf.mean())
+  time_p = m * float(prev.time_p) + (1 - m) * statistic
+  if kwargs.get("clip_thresh"):
+    time_p = min(max(time_p, 0.0), 0.95)
+  p_model = m * np.asarray(prev.p_model, np.float64) + (1 - m) * p64.mean(0)
+  hist = np.bincount(labels, minlength=_TC) / len(labels)
+  label_hist = m * np.asarray(prev.label_hist, np.float64) + (1 - m) * hist
+  for got, want in ((new.time_p, time_p), (new.p_model, p_model),
+                    (new.label_hist, label_hist)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  threshold = time_p * (p_model / p_model.max())[labels]
+  _assert_mask_away_from(out.mask, conf, threshold)
+
+
+def _oracle_softmatch(kwargs, prev, probs, out, new):
+  """The docstring of `softmatch`, in float64."""
+  m, n_sigma = kwargs["momentum"], kwargs.get("n_sigma", 2.0)
+  p64 = probs.astype(np.float64)
+  p_model = np.asarray(prev.p_model, np.float64)
+  aligned = p64
+  if kwargs.get("dist_align", True):
+    batch_mean = p64.mean(0)
+    p_model = (batch_mean if int(prev.count) == 0
+               else m * p_model + (1 - m) * batch_mean)
+    aligned = p64 * (1 / _TC + 1e-6) / (p_model + 1e-6)
+    aligned = aligned / aligned.sum(1, keepdims=True)
+  c = aligned.max(1)
+  mu = m * float(prev.mu) + (1 - m) * c.mean()
+  var = float(prev.var)
+  if len(c) > 1:  # one sample: no unbiased variance, var unchanged
+    var = m * var + (1 - m) * c.var(ddof=1)
+  assert int(new.count) == int(prev.count) + 1
+  np.testing.assert_allclose(new.p_model, p_model, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose([new.mu, new.var], [mu, var], rtol=1e-5,
+                             atol=1e-6)
+  mask = np.asarray(out.mask)
+  np.testing.assert_array_equal(mask[c >= mu + 1e-6], 1.0)
+  if var >= 1e-4:  # the weight is well conditioned
+    weight = np.exp(-np.minimum(c - mu, 0)**2 / (2 * var / n_sigma**2))
+    np.testing.assert_allclose(mask, weight, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", sorted(_THRESHOLD_CONFIGS))
+@_fuzz(6)
+@given(data=st.data(), batches=st.lists(st.sampled_from((1, 4)), min_size=1,
+                                         max_size=3),
+       container=st.sampled_from(("numpy", "jax")))
+def test_threshold_update_contract(config, data, batches, container):
+  """init/update: output and state types, shapes and dtypes; mask in [0, 1];
+  pseudo-labels the argmax (of the unaligned probs); jit == eager; each
+  method's documented formulas (float64 oracles, on the previous state)."""
+  factory, kwargs = _THRESHOLD_CONFIGS[config]
+  t, jitted = _threshold(config)
+  assert isinstance(t, jaxmask.ConfidenceThreshold)
+  init = t.init()
+  state_type = {"fixmatch": tuple, "percentile_threshold": tuple,
+                "flexmatch": jaxmask.FlexMatchState,
+                "freematch": jaxmask.FreeMatchState,
+                "softmatch": jaxmask.SoftMatchState}[factory]
+  assert isinstance(init, state_type)
+  state = init
+  for b in batches:
+    probs = _probs_from(data.draw(_floats((b, _TC), huge=False)))
+    if data.draw(st.booleans()):  # a confidence at the cutoff itself
+      p = np.float32(kwargs.get("p_cutoff", 0.5))
+      probs[-1] = np.roll([p, 1 - p, 0], data.draw(st.integers(0, _TC - 1)))
+    if factory == "flexmatch":  # repeats allowed: one of the labels is kept
+      indices = np.array(data.draw(st.lists(
+          st.integers(0, _TN - 1), min_size=b, max_size=b)), np.int32)
+    else:  # checked for shape, values ignored
+      indices = np.array(data.draw(st.lists(
+          st.integers(-2, _TN + 2), min_size=b, max_size=b)), np.int32)
+    p_arg = jnp.asarray(probs) if container == "jax" else probs
+    out, new = t.update(state, p_arg, indices=indices)
+    if factory == "flexmatch":
+      jit_out, jit_new = jitted(state, p_arg, indices=indices)
+    else:  # no indices: the same result
+      jit_out, jit_new = jitted(state, p_arg)
+    assert isinstance(out, jaxmask.ThresholdOutput)
+    assert out.mask.shape == (b,) and out.mask.dtype == jnp.float32
+    assert out.pseudo_labels.shape == (b,)
+    assert out.pseudo_labels.dtype == jnp.int32
+    mask = np.asarray(out.mask)
+    assert ((mask >= 0) & (mask <= 1)).all(), mask
+    np.testing.assert_array_equal(out.pseudo_labels, probs.argmax(1))
+    _assert_same_layout(new, init)
+    _assert_same_tree(jit_out, out)
+    _assert_same_tree(jit_new, new)
+    assert type(new) is type(init)
+    if factory == "fixmatch":  # exactly, in float32: the cutoff itself kept
+      np.testing.assert_array_equal(
+          mask, probs.max(1) >= np.float32(kwargs["p_cutoff"]))
+    elif factory == "percentile_threshold":  # the documented composition
+      want, _ = jaxmask.percentile_mask(probs.max(1), **kwargs)
+      np.testing.assert_array_equal(mask, np.asarray(want, np.float32))
+    elif factory == "flexmatch":
+      np.testing.assert_array_equal(mask, mask.round())
+      _oracle_flexmatch(kwargs, state, probs, indices, out, new)
+    elif factory == "freematch":
+      np.testing.assert_array_equal(mask, mask.round())
+      _oracle_freematch(kwargs, state, probs, out, new)
+    else:
+      _oracle_softmatch(kwargs, state, probs, out, new)
+    state = new
+
+
+@_fuzz(25)
+@given(shape=st.sampled_from(((1, 1), (1, 4), (5, 3))), data=st.data(),
+       q=st.sampled_from(QS), keep=st.sampled_from(("low", "high")),
+       nonfinite=st.booleans())
+def test_percentile_threshold_is_the_confidence_masks_mask(shape, data, q, keep,
+                                                          nonfinite):
+  """`percentile_threshold` on `confidence_masks`' probs gives its mask: the
+  percentile mask (`percentile_mask`, `np.percentile`) of the row maxima."""
+  logits = data.draw(_floats(shape, huge=False, nonfinite=nonfinite))
+  masks = jaxmask.confidence_masks(logits, q=q, keep=keep)
+  t = jaxmask.percentile_threshold(q=q, keep=keep)
+  out, state = t.update(t.init(), masks.probs)
+  assert state == ()
+  assert out.mask.shape == shape[:1] and out.mask.dtype == jnp.float32
+  np.testing.assert_array_equal(out.mask, np.asarray(masks.mask, np.float32))
+  np.testing.assert_array_equal(out.pseudo_labels, masks.pseudo_labels)
+  conf = np.asarray(masks.confidence)
+  want, thr = jaxmask.percentile_mask(conf, q=q, keep=keep)
+  np.testing.assert_array_equal(out.mask, np.asarray(want, np.float32))
+  if np.isnan(conf).any():  # documented: a NaN threshold, all 0
+    assert not np.asarray(out.mask).any()
+  elif _no_tiny(conf):
+    t_np = np.float32(np.percentile(conf, q))
+    np.testing.assert_array_equal(
+        out.mask, conf <= t_np if keep == "low" else conf >= t_np)
+
+
+def _fairness_oracle(logits, mask, p_model, label_hist):
+  """The docstring formula of `freematch_fairness_loss`, in float64."""
+  selected = logits[mask != 0].astype(np.float64)
+  if not len(selected):
+    return 0.0
+  q = _softmax64(selected)
+  hist = np.bincount(q.argmax(1), minlength=logits.shape[1]) / len(q)
+
+  def norm_over(x, h):  # norm(x / h), 1/0 read as 0
+    inverse = np.divide(1.0, h, out=np.zeros_like(h), where=h != 0)
+    return x * inverse / (x * inverse).sum()
+
+  return float((norm_over(p_model, label_hist)
+                * np.log(norm_over(q.mean(0), hist) + 1e-12)).sum())
+
+
+@_fuzz(20)
+@given(batch=st.sampled_from((1, 4)), data=st.data(),
+       config=st.sampled_from(("freematch", "freematch_quantile")),
+       mask_kind=st.sampled_from(("float", "bool", "int", "zero")),
+       dtype=_dtypes, huge=st.booleans())
+def test_freematch_fairness_loss_contract(batch, data, config, mask_kind, dtype,
+                                          huge):
+  """A float32 scalar, finite and <= 0 (up to rounding); 0 if nothing is
+  selected; the documented formula (float64) on moderate logits."""
+  t, jitted = _threshold(config)
+  state = t.init()
+  for b in data.draw(st.lists(st.sampled_from((1, 4)), max_size=2)):
+    _, state = jitted(state, _probs_from(data.draw(_floats((b, _TC),
+                                                           huge=False))))
+  logits = _as(data.draw(_floats((batch, _TC), huge=huge)), dtype, "jax")
+  l32 = _np32(logits)
+  assume(np.isfinite(l32).all())  # float16 overflow of huge values
+  if mask_kind == "zero":
+    mask = np.zeros(batch, np.float32)
+  else:
+    mask = data.draw(_unit((batch,)))
+    if mask_kind != "float":
+      mask = np.round(mask).astype(bool if mask_kind == "bool" else np.int32)
+  loss = jaxmask.freematch_fairness_loss(logits, mask, state)
+  assert loss.shape == () and loss.dtype == jnp.float32
+  assert np.isfinite(loss) and float(loss) <= 1e-6, float(loss)
+  if not np.asarray(mask).any():
+    assert float(loss) == 0.0
+  if np.abs(l32).max() <= 10:
+    want = _fairness_oracle(l32, np.asarray(mask),
+                            np.asarray(state.p_model, np.float64),
+                            np.asarray(state.label_hist, np.float64))
+    np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
 # (a) Hostile arguments: a ValueError or TypeError naming an argument.
 # ---------------------------------------------------------------------------
 
@@ -1043,6 +1464,25 @@ _L23 = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)
 _MAPS = jnp.linspace(-1.0, 1.0, 24).reshape(2, 1, 3, 4)
 _FEATURES = jnp.linspace(-1.0, 1.0, 120).reshape(2, 3, 4, 5)
 _PTS = jnp.linspace(0.0, 1.0, 24).reshape(2, 6, 2)
+_CLS = jnp.linspace(-2.0, 2.0, 18).reshape(2, 1, 3, 3)  # [L, B, Q, K + 1]
+_MASKS = jnp.linspace(-3.0, 3.0, 72).reshape(2, 1, 3, 3, 4)  # [L, B, Q, H, W]
+BAD_WEIGHT = st.sampled_from((-1.0, NAN, INF, "2", True, [1.0], 1j,
+                              jnp.float32(2.0)))
+BAD_P_CUTOFF = st.sampled_from((
+    0, 0.0, -0.0, -0.5, -1e-30, 1.0001, 2, NAN, INF, -INF, "0.9", None, True,
+    [0.9], 1j, np.float32(1.5), np.float64(NAN), jnp.float32(0.9), np.ones(1)))
+BAD_MOMENTUM = st.sampled_from((
+    -0.1, -1e-30, 1.0001, 2, NAN, INF, -INF, "0.9", None, True, [0.9], 1j,
+    np.float32(1.5), jnp.float32(0.9), jnp.zeros(())))
+BAD_N_SIGMA = st.sampled_from((
+    0, 0.0, -0.0, -1, -2.5, NAN, INF, -INF, "2", None, False, [2.0], 1j,
+    np.float32(-2.0), jnp.float32(2.0)))
+BAD_BOOL = st.sampled_from((
+    1, 0, 1.0, "yes", "True", None, [True], np.int32(1), jnp.array(True),
+    jnp.ones(2, bool)))
+_BAD_NUM = _bad_int(1, 2**31 - 1)
+_TLOGITS = jnp.linspace(-2.0, 2.0, 12).reshape(4, 3)  # [batch, _TC]
+_FREE_STATE = jaxmask.freematch(num_classes=_TC).init()
 
 # Function -> (valid keyword arguments, {argument: strategy of bad values}).
 HOSTILE = {
@@ -1162,6 +1602,91 @@ HOSTILE = {
              oversample_ratio=BAD_OVERSAMPLE,
              importance_sample_ratio=BAD_IMPORTANCE,
              implementation=_impl_bad())),
+    "mask_matching_cost": (
+        dict(class_logits=_CLS[0, 0], mask_logits=_MASKS[0, 0],
+             target_labels=jnp.array([0, 1]), target_masks=jnp.ones((2, 4, 4)),
+             point_coords=_PTS[0]),
+        dict(class_logits=_bad_array((3, 3), also=(jnp.zeros((4, 3)),
+                                                   jnp.zeros((3, 1)))),
+             mask_logits=_bad_array((3, 3, 4), also=(jnp.zeros((2, 3, 4)),)),
+             target_labels=st.sampled_from((
+                 jnp.array([0, 2]), jnp.array([-1, 0]), jnp.array([0.0, 1.0]),
+                 jnp.zeros((2, 1), jnp.int32), jnp.zeros(3, jnp.int32),
+                 jnp.zeros(4, jnp.int32), None, "0")),
+             target_masks=_bad_array((2, 4, 4), floating=False) | BAD_TARGETS,
+             point_coords=_bad_array((6, 2), also=(jnp.zeros((6, 3)),
+                                                   jnp.zeros((0, 2)))),
+             cost_class=BAD_WEIGHT, cost_mask=BAD_WEIGHT, cost_dice=BAD_WEIGHT)),
+    "hungarian_match": (
+        dict(cost=_L23.T, target_valid=jnp.array([True, False])),
+        dict(cost=_bad_array((3, 2), also=(jnp.zeros((2, 3)),)),
+             target_valid=st.sampled_from((
+                 jnp.ones(2, jnp.int32), jnp.ones(3, bool), jnp.ones((2, 1), bool),
+                 "all", 1.0)))),
+    "mask2former_loss": (
+        dict(key=KEY, class_logits=_CLS, mask_logits=_MASKS,
+             target_labels=jnp.array([[0, 1]]),
+             target_masks=jnp.ones((1, 2, 4, 4)),
+             target_valid=jnp.array([[True, False]]), num_points=4),
+        dict(key=BAD_KEY,
+             class_logits=_bad_array((2, 1, 3, 3), also=(
+                 jnp.zeros((2, 1, 3, 1)), jnp.zeros((2, 1, 1, 3)),
+                 jnp.zeros((0, 1, 3, 3)))),
+             mask_logits=_bad_array((2, 1, 3, 3, 4), also=(
+                 jnp.zeros((1, 1, 3, 3, 4)), jnp.zeros((2, 2, 3, 3, 4)))),
+             target_labels=st.sampled_from((
+                 jnp.array([[0, 2]]), jnp.array([[-1, 0]]), jnp.array([[0.0, 1.0]]),
+                 jnp.zeros((1, 3), jnp.int32), jnp.zeros(2, jnp.int32))),
+             target_masks=st.sampled_from((
+                 jnp.full((1, 2, 4, 4), 2.0), jnp.ones((1, 3, 4, 4)),
+                 jnp.ones((2, 4, 4)), jnp.ones((1, 2, 4, 4), jnp.complex64))),
+             target_valid=st.sampled_from((
+                 jnp.ones((1, 2), jnp.int32), jnp.ones((1, 3), bool),
+                 jnp.ones(2, bool), None)),
+             class_weight=BAD_WEIGHT, mask_weight=BAD_WEIGHT,
+             dice_weight=BAD_WEIGHT, no_object_weight=BAD_WEIGHT,
+             cost_class=BAD_WEIGHT,
+             # None is valid for both (full-mask losses; the default points).
+             num_points=_bad_int(1).filter(lambda v: v is not None),
+             oversample_ratio=BAD_OVERSAMPLE,
+             importance_sample_ratio=BAD_IMPORTANCE,
+             num_matcher_points=_bad_int(1).filter(lambda v: v is not None),
+             implementation=_impl_bad())),
+    "fixmatch": (dict(p_cutoff=0.95), dict(p_cutoff=BAD_P_CUTOFF)),
+    "percentile_threshold": (
+        dict(q=20.0, keep="high"),
+        dict(q=BAD_Q, keep=_bad_choice(("low", "high")))),
+    "flexmatch": (
+        dict(num_classes=_TC, num_unlabelled=_TN, p_cutoff=0.6, warmup=True,
+             mapping="convex"),
+        dict(num_classes=_BAD_NUM, num_unlabelled=_BAD_NUM,
+             p_cutoff=BAD_P_CUTOFF, warmup=BAD_BOOL,
+             mapping=_bad_choice(("convex", "linear", "concave"))
+             | st.sampled_from(("Convex", "cubic", "convex ", np.array("linear"))))),
+    "freematch": (
+        dict(num_classes=_TC, momentum=0.5, use_quantile=False,
+             clip_thresh=False),
+        dict(num_classes=_BAD_NUM, momentum=BAD_MOMENTUM, use_quantile=BAD_BOOL,
+             clip_thresh=BAD_BOOL)),
+    "softmatch": (
+        dict(num_classes=_TC, momentum=0.5, n_sigma=2.0, dist_align=True),
+        dict(num_classes=_BAD_NUM, momentum=BAD_MOMENTUM, n_sigma=BAD_N_SIGMA,
+             dist_align=BAD_BOOL)),
+    "freematch_fairness_loss": (
+        dict(strong_logits=_TLOGITS, mask=jnp.array([1.0, 0.0, 1.0, 1.0]),
+             state=_FREE_STATE),
+        dict(strong_logits=_bad_array((4, 3), also=(
+                 jnp.zeros((0, 3)), jnp.zeros((4, 0)), jnp.zeros((4, 2)),
+                 jnp.zeros((5, 3)), None, "logits")),
+             mask=_arrays_of_rank_but(1) | st.sampled_from((
+                 jnp.ones(3), jnp.ones(5, bool), None, "all", [[1.0] * 4])),
+             state=st.sampled_from((
+                 None, {}, (), tuple(_FREE_STATE), _FREE_STATE._asdict(),
+                 jaxmask.softmatch(num_classes=_TC).init(),
+                 jaxmask.flexmatch(num_classes=_TC, num_unlabelled=4).init(),
+                 jaxmask.freematch(num_classes=2).init(),
+                 _FREE_STATE._replace(time_p=jnp.zeros(1)),
+                 _FREE_STATE._replace(label_hist=jnp.ones(4)))))),
 }
 
 
@@ -1181,6 +1706,77 @@ def test_the_valid_hostile_baselines_return(name):
   """The baselines above are valid: the errors come from the one bad value."""
   valid, _ = HOSTILE[name]
   jax.block_until_ready(getattr(jaxmask, name)(**valid))
+
+
+# `update` of each threshold: its own arguments (state, probs, indices).
+_UPDATE_PROBS = _probs_from(np.linspace(-2.0, 2.0, 4 * _TC).reshape(4, _TC))
+
+
+def _bad_update_arguments(config):
+  """{argument of update: strategy of bad values} for one threshold."""
+  factory, _ = _THRESHOLD_CONFIGS[config]
+  stateful = factory in ("flexmatch", "freematch", "softmatch")
+  bad_probs = [_bad_array((4, _TC), also=(
+      np.zeros((0, _TC), np.float32), np.zeros((4, 0), np.float32), None,
+      "probs", [[0.5, 0.5], [1.0]], b"p"))]
+  bad_indices = [
+      _arrays_of_rank_but(1),  # float arrays of other ranks
+      st.sampled_from((np.zeros(4, np.float32), jnp.zeros(4), np.ones(4, bool),
+                       np.zeros(4, np.complex64), np.arange(3), np.arange(5),
+                       jnp.zeros((4, 1), jnp.int32), np.int32(0), "0123",
+                       [0.0, 1.0, 2.0, 3.0], [[0, 1, 2, 3]]))]
+  bad = {}
+  if stateful:  # the class count is fixed by num_classes
+    bad_probs.append(st.sampled_from((
+        np.full((4, _TC + 1), 0.25, np.float32), np.ones((4, 1), np.float32),
+        jnp.full((1, 2 * _TC), 0.5 / _TC))))
+    others = {"flexmatch": "freematch", "freematch": "softmatch",
+              "softmatch": "flexmatch"}
+    bad["state"] = st.sampled_from((
+        None, {}, (), jaxmask.fixmatch().init(),
+        _threshold(others[factory])[0].init(),
+        tuple(_threshold(config)[0].init()),
+        getattr(jaxmask, factory)(**{
+            **_THRESHOLD_CONFIGS[config][1],
+            "num_classes": _TC + 1}).init()))
+  if factory == "flexmatch":  # required, in [0, num_unlabelled)
+    bad_indices.append(st.sampled_from((
+        None, np.array([0, 1, 2, _TN]), np.array([-1, 0, 1, 2]),
+        jnp.array([0, 1, 2, 2**31 - 1]), np.array([0, 1, 2, 2**32 + 3]),
+        np.array([0, 1, 2, 2**63], np.uint64), [0, 1, -2**32 + 3, 3])))
+  bad["probs"] = st.one_of(bad_probs)
+  bad["indices"] = st.one_of(bad_indices)
+  return bad
+
+
+_BAD_UPDATE_ARGUMENTS = {config: _bad_update_arguments(config)
+                         for config in sorted(_THRESHOLD_CONFIGS)}
+
+
+@pytest.mark.parametrize("config", sorted(_THRESHOLD_CONFIGS))
+@_fuzz(30)
+@given(data=st.data())
+def test_hostile_update_argument_is_named(config, data):
+  """One bad argument of `update` on a valid baseline: a ValueError or
+  TypeError whose message names that argument of `update`."""
+  t, _ = _threshold(config)
+  bad = _BAD_UPDATE_ARGUMENTS[config]
+  argument = data.draw(st.sampled_from(sorted(bad)), label="argument")
+  value = data.draw(bad[argument], label="value")
+  kwargs = dict(state=t.init(), probs=_UPDATE_PROBS, indices=np.arange(4))
+  kwargs[argument] = value
+  with pytest.raises((ValueError, TypeError)) as info:
+    jax.block_until_ready(t.update(**kwargs))
+  assert argument in inspect.signature(t.update).parameters
+  assert re.search(rf"(?<![A-Za-z0-9_]){argument}(?![A-Za-z0-9_])",
+                   str(info.value)), (argument, value, str(info.value))
+
+
+@pytest.mark.parametrize("config", sorted(_THRESHOLD_CONFIGS))
+def test_the_valid_update_baselines_return(config):
+  t, _ = _threshold(config)
+  out, _ = t.update(state=t.init(), probs=_UPDATE_PROBS, indices=np.arange(4))
+  assert out.mask.shape == (4,)
 
 
 # ---------------------------------------------------------------------------
@@ -1528,3 +2124,32 @@ def test_fixed_string_option_as_numpy_array(option):
 def test_fixed_non_callable_uncertainty_fn(fn):
   _expect_named_error(jaxmask.select_uncertain_points, logits=_MAPS,
                       candidates=_PTS, num_uncertain=1, uncertainty_fn=fn)
+
+
+@pytest.mark.parametrize("indices", [
+    np.array([0, 1, 2, 2**32 + 3], np.int64),  # wrapped to [0, 1, 2, 3]
+    np.array([0, 1, 2, -2**32 + 3], np.int64),
+    np.array([0, 1, 2, 2**63], np.uint64)])
+def test_fixed_flexmatch_indices_beyond_int32_are_out_of_range(indices):
+  """int64 indices were range-checked after their int32 conversion had
+  wrapped them into range: sample 2**32 + 3 silently wrote sample 3."""
+  t, _ = _threshold("flexmatch")
+  with pytest.raises(ValueError, match=r"\bindices\b"):
+    t.update(t.init(), _UPDATE_PROBS, indices=indices)
+  out, state = t.update(t.init(), _UPDATE_PROBS,
+                        indices=np.arange(4, dtype=indices.dtype))
+  want_out, want_state = t.update(t.init(), _UPDATE_PROBS,
+                                  indices=np.arange(4, dtype=np.int32))
+  _assert_same_tree((out, state), (want_out, want_state))
+
+
+@pytest.mark.parametrize("n_sigma", [1e200, 1.5e154, 1e30])
+def test_fixed_softmatch_huge_n_sigma(n_sigma):
+  """`n_sigma**2` raised OverflowError (a Python float past 1.8e308): a huge
+  n_sigma now gives the limit, weight 1 at or above mu and 0 below."""
+  t = jaxmask.softmatch(num_classes=2, momentum=0.5, n_sigma=n_sigma,
+                        dist_align=False)
+  probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3]], np.float32)
+  out, state = t.update(t.init(), probs)
+  np.testing.assert_array_equal(out.mask, [1.0, 0.0, 1.0])  # mu = 0.6
+  np.testing.assert_allclose(state.mu, 0.6, rtol=1e-6)

@@ -130,6 +130,7 @@ def _checked_indices(indices, batch: int, num_unlabelled: int | None = None):
   """`indices` as a `[batch]` int32 array (None stays None)."""
   if indices is None:
     return None
+  value = checks.concrete(indices)  # before int64 values wrap to int32
   indices = checks.array(indices, "indices")
   checks.rank(indices, "indices", "[batch]")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
@@ -137,7 +138,6 @@ def _checked_indices(indices, batch: int, num_unlabelled: int | None = None):
   if indices.shape[0] != batch:
     raise ValueError(f"indices and probs must have the same batch size, got"
                      f" {indices.shape} and batch {batch}.")
-  value = checks.concrete(indices)
   if num_unlabelled is not None and value is not None and value.size:
     if value.min() < 0 or value.max() >= num_unlabelled:
       raise ValueError(
@@ -765,7 +765,7 @@ def softmatch(
     raise ValueError("n_sigma must be a finite number > 0, got 0.")
   dist_align = _python_bool(dist_align, "dist_align")
   one_minus_m = 1.0 - m
-  n_sigma_squared = n_sigma**2
+  n_sigma_squared = n_sigma * n_sigma  # inf, not OverflowError, if huge
 
   def init() -> SoftMatchState:
     return SoftMatchState(
