@@ -167,7 +167,10 @@ def mask_matching_cost(
   them, which replaces them by the dtype's maximum: here by a sentinel
   `4 T (m + 1)`, with `m` the largest finite `|cost|`, after finite costs are
   clamped into ±1e30. Any assignment then uses as few non-finite pairs as it
-  can, and the assignment's sums cannot overflow.
+  can, and the assignment's sums cannot overflow. (A non-finite mask logit on
+  the map's border may also reach points just beside the map, whose off-map
+  neighbour reads the border with weight 0: its query's cost is then
+  non-finite where grid_sample's might not be.)
 
   Args:
     class_logits: `[num_queries, K + 1]` floating class logits (the last
