@@ -27,7 +27,8 @@ def example():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-  """The default `--quick` run, in a subprocess: its output dir and stdout."""
+  """The default `--quick` run (every method), in a subprocess: its output dir
+  and stdout."""
   out = tmp_path_factory.mktemp("quick")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
@@ -40,15 +41,24 @@ def quick_run(tmp_path_factory):
   return out, proc.stdout
 
 
+METHODS = ["supervised", "all-labels", "pseudo-label", "fixmatch", "flexmatch",
+           "freematch", "softmatch", "mlkd"]
+
+
 def test_quick_run_trains_and_writes_results(quick_run):
   tmp_path, stdout = quick_run
   assert str(tmp_path / "results.json") in stdout
+  for method in METHODS:  # The table.
+    assert f"\n{method} " in stdout, method
 
   with open(tmp_path / "results.json") as f:
     results = json.load(f)["results"]
-  assert list(results) == ["supervised", "pseudo-label", "mlkd"]
+  assert list(results) == METHODS
   for method, r in results.items():
-    assert r["labels_per_class"] == 5 and r["num_labels"] == 50, method
+    if method == "all-labels":  # Every training image, labelled.
+      assert r["labels_per_class"] is None and r["num_labels"] == 1257
+    else:
+      assert r["labels_per_class"] == 5 and r["num_labels"] == 50, method
     assert r["devices"] == 1, method
     assert len(r["test_accuracy"]) == 1 and r["wall_seconds"] > 0, method
     # History entries are [evals][seeds]. The unlabelled loss may rise while
@@ -57,6 +67,18 @@ def test_quick_run_trains_and_writes_results(quick_run):
     assert history["labelled_loss"][-1][0] < history["labelled_loss"][0][0], (
         method, history)
     assert r["mean"] > 0.15, (method, r["mean"])  # Chance is 0.1.
+    kept = np.asarray(history["kept"])
+    assert np.all((kept >= 0) & (kept <= 1)), (method, kept)
+    if method in ("supervised", "all-labels"):
+      assert not kept.any() and not np.any(history["unlabelled_loss"]), method
+    elif method != "fixmatch":  # No weak view passes 0.95 in 100 steps.
+      assert kept.any() and np.any(history["unlabelled_loss"]), method
+    # FreeMatch's fairness term is <= 0 by design; the others have none.
+    fairness = np.asarray(history["fairness_loss"])
+    if method == "freematch":
+      assert np.all(fairness <= 0) and fairness.any(), fairness
+    else:
+      assert not fairness.any(), method
   supervised_loss = results["supervised"]["history"]["loss"]
   assert supervised_loss[-1][0] < 0.5 * supervised_loss[0][0], supervised_loss
   png = (tmp_path / "accuracy.png").read_bytes()
@@ -69,7 +91,9 @@ def test_eight_devices_train_like_one(example, quick_run, tmp_path):
   Gradients agree to ~1e-7; over 100 Adam steps rounding grows to ~1e-4 in
   MLKD's losses, which may move a test image across a decision boundary.
   """
-  methods = ["pseudo-label", "mlkd"]  # The methods that use masks.
+  # FreeMatch: a threshold whose state and fairness term span the global
+  # batch; MLKD: a loss on the gathered batch.
+  methods = ["freematch", "mlkd"]
   assert example.main(["--quick", "--devices", "8", "--method", *methods,
                        "--out", str(tmp_path)]) == 0
   with open(tmp_path / "results.json") as f:
@@ -80,20 +104,39 @@ def test_eight_devices_train_like_one(example, quick_run, tmp_path):
   for method in methods:
     g, w = got["results"][method], want[method]
     assert g["devices"] == 8, method
-    for name in ("loss", "labelled_loss", "unlabelled_loss", "kept"):
+    for name in ("loss", "labelled_loss", "unlabelled_loss", "fairness_loss",
+                 "kept"):
       np.testing.assert_allclose(g["history"][name], w["history"][name],
                                  rtol=2e-3, atol=1e-6, err_msg=method + name)
     np.testing.assert_allclose(g["test_accuracy"], w["test_accuracy"],
                                atol=1.01 / 540, err_msg=method)
 
 
+def test_method_selection(example):
+  assert example.parse_args([]).method == list(example.DEFAULT_METHODS)
+  assert {"supervised", "all-labels"} <= set(example.DEFAULT_METHODS)
+  assert example.parse_args(["--quick"]).method == METHODS
+  assert example.parse_args(["--method", "all"]).method == METHODS
+  assert example.parse_args(["--method", "mlkd", "all"]).method == METHODS
+  assert example.parse_args(
+      ["--quick", "--method", "softmatch", "fixmatch", "softmatch"]
+  ).method == ["softmatch", "fixmatch"]
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "fixmatch"], "invalid choice: 'fixmatch'"),
+    (["--method", "mixmatch"], "invalid choice: 'mixmatch'"),
+    (["--method"], "expected at least one argument"),
     (["--labels-per-class", "0"], "--labels-per-class must be at least 1"),
     (["--seeds", "0"], "--seeds must be positive"),
     (["--steps", "250", "--eval-every", "100"], "multiple of --eval-every"),
     (["--ema-decay", "1.0"], "--ema-decay must lie in [0, 1)"),
     (["--q", "101"], "--q must lie in [0, 100]"),
+    (["--p-cutoff", "0"], "--p-cutoff must lie in (0, 1]"),
+    (["--p-cutoff", "1.5"], "--p-cutoff must lie in (0, 1]"),
+    (["--threshold-momentum", "-0.1"], "--threshold-momentum must lie in [0, 1]"),
+    (["--fairness-weight", "-1"], "--fairness-weight must be a finite number >= 0"),
+    (["--unlabelled-weight", "nan"], "--unlabelled-weight must be a finite number >= 0"),
+    (["--p-cutoff", "high"], "invalid float value: 'high'"),
     (["--unknown-flag"], "unrecognized arguments"),
     (["--devices", "9"], "--devices must be between 0 (all) and the 8 local"),
     (["--devices", "-1"], "--devices must be between 0 (all) and the"),
