@@ -997,12 +997,10 @@ def test_point_mask_losses_contract(implementation, case, data, num_masks,
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @_fuzz(20)
 @given(data=st.data(), q=st.sampled_from((2, 4)), t=st.sampled_from((0, 1, 2)),
        nonfinite=st.booleans(), target_dtype=st.sampled_from(("float32", "bool")))
-def test_mask_matching_cost_contract(implementation, data, q, t, nonfinite,
-                                     target_dtype):
+def test_mask_matching_cost_contract(data, q, t, nonfinite, target_dtype):
   """Finite float32 `[Q, T]`; the documented composition where it is finite."""
   cls = data.draw(_floats((q, 4), huge=False, nonfinite=nonfinite))
   masks = data.draw(_floats((q, 3, 5), huge=False, nonfinite=nonfinite))
@@ -1018,9 +1016,8 @@ def test_mask_matching_cost_contract(implementation, data, q, t, nonfinite,
   if t == 0:
     return
   probs = jax.nn.softmax(jnp.asarray(cls), axis=-1)
-  pred = jaxmask.point_sample_single(masks, points, implementation=implementation)
-  target = jaxmask.point_sample_single(np.float32(targets), points,
-                                       implementation=implementation)
+  pred = jaxmask.point_sample_single(masks, points)
+  target = jaxmask.point_sample_single(np.float32(targets), points)
   want = np.asarray(5.0 * jaxmask.pairwise_sigmoid_ce_loss(pred, target)
                     - 2.0 * probs[:, labels]
                     + 5.0 * jaxmask.pairwise_dice_loss(pred, target))
