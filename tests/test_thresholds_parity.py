@@ -83,10 +83,15 @@ def _assert_state(got, want, exact=(), step=0):
 
 
 def _assert_threshold_mask(got_mask, want_mask, confidence, got_thr, want_thr,
-                           step):
-  """Masks `confidence >= threshold` (per sample) under the tie rule."""
-  np.testing.assert_array_equal(
-      got_mask, (confidence >= got_thr).astype(np.float32))  # own rule, exact
+                           step, own_threshold=True):
+  """Masks `confidence >= threshold` (per sample) under the tie rule.
+
+  `own_threshold=False` when `got_thr` is not jaxmask's own value (e.g. a
+  NumPy re-computation through a `log`): then only the tie rule applies.
+  """
+  if own_threshold:
+    np.testing.assert_array_equal(
+        got_mask, (confidence >= got_thr).astype(np.float32))  # own rule, exact
   tol = _rules.TIE_ULPS * np.spacing(np.abs(np.asarray(want_thr, np.float32)))
   return _rules.assert_equal_except_ties(
       got_mask, want_mask, got_values=confidence, want_values=confidence,
@@ -147,10 +152,16 @@ def test_flexmatch_matches_usb(mapping, warmup, p_cutoff):
 
   def check(step, probs, out, state, prev, mask, ref_state):
     labels = np.asarray(out.pseudo_labels)
-    # Masked with the *previous* state; thresholds equal bit for bit here.
+    # Masked with the *previous* state. The convex and linear thresholds are
+    # +, -, *, / of equal float32 values, equal bit for bit on any machine;
+    # the concave one goes through a `log` (XLA's vs NumPy's, which may
+    # differ in the last bit by machine), so there only the tie rule holds.
     thr = _flexmatch_thresholds(prev.classwise_acc, labels, p_cutoff, mapping)
-    flips = _assert_threshold_mask(out.mask, mask, probs.max(1), thr, thr, step)
-    assert flips == 0
+    exact = mapping != "concave"
+    flips = _assert_threshold_mask(out.mask, mask, probs.max(1), thr, thr, step,
+                                   own_threshold=exact)
+    if exact:
+      assert flips == 0
     _assert_state(state, ref_state, exact=state._fields, step=step)
     if step == 0:
       seen["passed_at_zero"] = int(np.asarray(out.mask).sum())
