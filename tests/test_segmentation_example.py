@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 for _module in ("flax", "optax", "matplotlib", "tqdm"):
@@ -16,6 +17,10 @@ for _module in ("flax", "optax", "matplotlib", "tqdm"):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "segmentation.py"
 METRICS = ("pq", "sq", "rq", "miou", "accuracy")
+
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +75,18 @@ def test_quick_run_writes_a_table_and_results(quick_run):
     for name in METRICS:
       assert len(r[name]) == 1 and 0.0 <= r[name][0] <= 100.0, (loss, name)
       assert r[f"{name}_mean"] == r[name][0] and r[f"{name}_std"] == 0.0
+  assert "paired by seed" in stdout and "backbone pretrained" in stdout
+  pretraining = saved["pretraining"]
+  assert pretraining["steps"] == saved["config"]["pretrain_steps"] == 20
+  assert 0.0 <= pretraining["accuracy"] <= 100.0
+  assert pretraining["seconds"] > 0
+  paired = saved["point_minus_full"]
+  assert set(paired) == set(METRICS)
+  for name in METRICS:
+    expected = results["point"][name][0] - results["full"][name][0]
+    assert paired[name]["per_seed"] == pytest.approx([expected])
+    assert paired[name]["mean"] == pytest.approx(expected)
+    assert paired[name]["std"] == 0.0
   # Both losses differ only in how the matched masks are supervised: the
   # point loss keeps no target-sized buffers per layer.
   assert (results["point"]["memory_bytes"]["temp"]
@@ -101,6 +118,65 @@ def test_data_is_fixed_and_well_formed(example):
   assert not (train["images"] == a["images"]).all()  # Held out.
 
 
+def test_instance_masks_are_area_shares(example):
+  ids = np.zeros((1, 8, 8), np.uint8)
+  ids[0, :4, :4] = 1  # Instance 1: the top-left cell of a 2x2 grid.
+  ids[0, 4:, :2] = 2  # Instance 2: half of the bottom-left cell.
+  shares = np.asarray(example.instance_masks(ids, 3, 2))
+  assert shares.shape == (1, 3, 2, 2)
+  np.testing.assert_array_equal(shares[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+  np.testing.assert_array_equal(shares[0, 1], [[0.0, 0.0], [0.5, 0.0]])
+  np.testing.assert_array_equal(shares[0, 2], np.zeros((2, 2)))  # Padding.
+
+
+def test_pretrained_backbone_is_shared_and_the_rest_drawn(example):
+  config = example.Config(
+      loss="point", image_size=64, max_instances=4, num_points=49,
+      matcher_points=49, steps=2, eval_every=1, batch_size=2,
+      learning_rate=1e-3, weight_decay=0.0, layers=1, queries=4, dim=16,
+      class_weight=5.0)
+  data = example.make_dataset(4, 64, 4, split=0)
+  backbone, accuracy = example.pretrain_backbone(
+      data, {k: jnp.asarray(v) for k, v in data.items()}, steps=2,
+      batch_size=2, learning_rate=1e-2, weight_decay=0.0)
+  assert 0.0 <= accuracy <= 100.0
+  fresh = example.init_params(config, jax.random.key(0))
+  a = example.init_params(config, jax.random.key(0), backbone)
+  b = example.init_params(config, jax.random.key(1), backbone)
+  leaves = lambda state: jax.tree.leaves(state)
+  # The backbone is the pretrained one in every seed, and not a fresh draw.
+  for x, y, z in zip(leaves(a["backbone"]), leaves(b["backbone"]),
+                     leaves(backbone)):
+    np.testing.assert_array_equal(x, z)
+    np.testing.assert_array_equal(y, z)
+  assert any(not np.array_equal(x, y) for x, y in zip(
+      leaves(a["backbone"]), leaves(fresh["backbone"])))
+  # Everything else comes from the seed's key.
+  for x, y in zip(leaves(a["query_feat"]), leaves(fresh["query_feat"])):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(leaves(a["query_feat"])[0],
+                            leaves(b["query_feat"])[0])
+
+
+def test_paired_differences_are_per_seed(example):
+  metrics = dict(pq=[10.0, 20.0, 30.0], sq=[1.0, 1.0, 1.0],
+                 rq=[0.0, 0.0, 0.0], miou=[50.0, 60.0, 70.0],
+                 accuracy=[40.0, 40.0, 40.0])
+  shifted = dict(pq=[12.0, 19.0, 33.0], sq=[1.0, 1.0, 1.0],
+                 rq=[0.0, 0.0, 0.0], miou=[50.0, 60.0, 70.0],
+                 accuracy=[30.0, 40.0, 50.0])
+  paired = example.paired_differences(dict(point=shifted, full=metrics))
+  assert paired["pq"]["per_seed"] == [2.0, -1.0, 3.0]
+  assert paired["pq"]["mean"] == pytest.approx(4.0 / 3.0)
+  # std over seeds of (2, -1, 3): sqrt(((2/3)² + (7/3)² + (5/3)²) / 3).
+  assert paired["pq"]["std"] == pytest.approx((78 / 27) ** 0.5)
+  assert paired["miou"] == dict(per_seed=[0.0, 0.0, 0.0], mean=0.0, std=0.0)
+  # Seed-wise pairing: equal means, yet each seed differs.
+  assert paired["accuracy"]["mean"] == 0.0
+  assert paired["accuracy"]["std"] == pytest.approx((200 / 3) ** 0.5)
+  assert example.paired_differences(dict(point=shifted)) == {}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--loss", "dice"], "invalid choice: 'dice'"),
     (["--seeds", "0"], "--seeds must be positive"),
@@ -116,6 +192,7 @@ def test_data_is_fixed_and_well_formed(example):
     (["--test-images", "30"], "--test-images must be a multiple of 20"),
     (["--dim", "30"], "--dim must be a multiple of 8"),
     (["--learning-rate", "0"], "--learning-rate must be positive"),
+    (["--pretrain-steps", "-1"], "--pretrain-steps must be >= 0"),
     (["--unknown-flag"], "unrecognized arguments"),
 ])
 def test_bad_flags_exit_with_a_message(example, capsys, argv, message):
