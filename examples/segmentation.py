@@ -48,6 +48,7 @@ Usage (from the repository root, with jaxmask importable: `pip install -e
 """
 
 import argparse
+import concurrent.futures
 import functools
 import io
 import json
@@ -290,8 +291,9 @@ class ShapeClassifier(nnx.Module):
   training images' instance labels instead (the same images and labels the
   criterion sees). Trained from scratch by the criterion alone, the backbone
   learns to tell the shapes apart far more slowly than the masks: after 800
-  steps a linear probe on its features classifies about 55% of the held-out
-  instances, against about 85% after 300 steps of this task.
+  steps of 4 images, a linear probe on its 1/16 features classifies 50-60% of
+  the held-out instances from their true masks; 300 steps of 8 images of this
+  task reach 74%.
   """
 
   def __init__(self, *, rngs: nnx.Rngs):
@@ -958,11 +960,13 @@ def main(argv=None) -> int:
   params = init(jax.random.key(0), None)
   example_batch = sample_batch(np.random.default_rng(0), train_data,
                                args.batch_size)
-  compiled, memory = {}, {}
-  for loss, cfg in configs.items():
-    state = TrainState(params, make_optimizer(cfg).init(params))
-    compiled[loss], memory[loss] = compile_step(
-        cfg, graphdef, state, example_batch, jax.random.key(0))
+  # XLA compiles with the GIL released: the steps compile in the background
+  # while the backbone pretrains.
+  pool = concurrent.futures.ThreadPoolExecutor(len(configs))
+  compiling = {loss: pool.submit(
+      compile_step, cfg, graphdef,
+      TrainState(params, make_optimizer(cfg).init(params)), example_batch,
+      jax.random.key(0)) for loss, cfg in configs.items()}
   grid = min(6, args.test_images)
   predict = jax.jit(functools.partial(predict_segments, graphdef,
                                       image_size=args.image_size))
@@ -983,6 +987,10 @@ def main(argv=None) -> int:
       bar.write(f"backbone pretrained: {args.pretrain_steps} steps in "
                 f"{pretraining['seconds']:.0f} s; held-out instances "
                 f"classified from their true masks: {accuracy:.1f}%")
+    compiled, memory = {}, {}
+    for loss, future in compiling.items():
+      compiled[loss], memory[loss] = future.result()
+    pool.shutdown()
     for seed in seeds:
       run = train_seed(configs, seed, compiled,
                        init(jax.random.key(seed), backbone),
