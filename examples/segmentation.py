@@ -166,11 +166,21 @@ def make_dataset(num_images: int, size: int, max_instances: int,
               labels=np.stack(labels))
 
 
+def one_hot_instances(ids, num_targets: int) -> jax.Array:
+  """`ids [..., S, S]` -> `[..., T, S, S]` bool: instance t's pixels."""
+  instance = jnp.arange(1, num_targets + 1, dtype=ids.dtype)
+  return ids[..., None, :, :] == instance[:, None, None]
+
+
+def block_mean(x, side: int) -> jax.Array:
+  """`[..., S, S]` -> `[..., side, side]`: the mean of each (S/side)² block."""
+  f = x.shape[-1] // side
+  return x.reshape(*x.shape[:-2], side, f, side, f).mean((-3, -1))
+
+
 def targets(batch):
   """`(masks [B, T, S, S] bool, labels [B, T] >= 0, valid [B, T])`."""
-  num_targets = batch["labels"].shape[1]
-  instance = jnp.arange(1, num_targets + 1, dtype=batch["ids"].dtype)
-  masks = batch["ids"][:, None] == instance[None, :, None, None]
+  masks = one_hot_instances(batch["ids"], batch["labels"].shape[1])
   valid = batch["labels"] >= 0
   return masks, jnp.maximum(batch["labels"], 0), valid
 
@@ -276,10 +286,7 @@ class Backbone(nnx.Module):
 
 def instance_masks(ids, num_targets: int, side: int) -> jax.Array:
   """`[B, T, side, side]`: each instance's share of every cell of a grid."""
-  masks = ids[:, None] == jnp.arange(1, num_targets + 1, dtype=ids.dtype)[
-      None, :, None, None]
-  f = ids.shape[-1] // side
-  return masks.reshape(*masks.shape[:2], side, f, side, f).mean((3, 5))
+  return block_mean(one_hot_instances(ids, num_targets), side)
 
 
 class ShapeClassifier(nnx.Module):
@@ -376,8 +383,7 @@ class MaskFormer(nnx.Module):
       # Masked attention: each query attends where its previous mask is
       # foreground at this level's resolution (everywhere if nowhere).
       masks = outputs[-1][1]
-      f = masks.shape[-1] // side
-      pooled = masks.reshape(*masks.shape[:2], side, f, side, f).mean((3, 5))
+      pooled = block_mean(masks, side)
       attend = jax.lax.stop_gradient(pooled.reshape(*masks.shape[:2], -1) > 0)
       attend |= ~jnp.any(attend, axis=-1, keepdims=True)
       queries = layer(queries, query_pos, memories[level],
@@ -517,8 +523,7 @@ def panoptic_inference(class_logits, mask_logits, size: int):
 def pq_statistics(segments, classes, kept, ids, labels):
   """Per-class `[K, 4]` (IoU sum, TP, FP, FN) of one image's segments."""
   num_targets = labels.shape[0]
-  truth = ids[None] == jnp.arange(1, num_targets + 1, dtype=ids.dtype)[
-      :, None, None]  # [T, S, S]
+  truth = one_hot_instances(ids, num_targets)  # [T, S, S]
   valid = labels >= 0
   inter = jnp.einsum("qhw,thw->qt", segments.astype(jnp.float32),
                      truth.astype(jnp.float32))
@@ -544,8 +549,7 @@ def matched_statistics(class_logits, mask_logits, ids, labels, size: int):
   likely object class (no-object excluded) the class accuracy.
   """
   num_targets = labels.shape[0]
-  truth = (ids[None] == jnp.arange(1, num_targets + 1, dtype=ids.dtype)[
-      :, None, None]).astype(jnp.float32)  # [T, S, S]
+  truth = one_hot_instances(ids, num_targets).astype(jnp.float32)
   valid = labels >= 0
   masks = jax.image.resize(mask_logits, mask_logits.shape[:1] + (size, size),
                            method="linear") > 0

@@ -1,28 +1,20 @@
 """End-to-end tests of examples/semi_supervised.py."""
 
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import _examples
+
 for _module in ("flax", "optax", "sklearn", "matplotlib", "tqdm"):
   pytest.importorskip(_module)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "semi_supervised.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-  spec = importlib.util.spec_from_file_location("semi_supervised", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _examples.load("semi_supervised")
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +22,8 @@ def quick_run(tmp_path_factory):
   """The default `--quick` run (every method), in a subprocess: its output dir
   and stdout."""
   out = tmp_path_factory.mktemp("quick")
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
   # The subprocess inherits conftest's 8 simulated devices; it must use one.
-  proc = subprocess.run(
-      [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-      capture_output=True, text=True, env=env, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out, proc.stdout
+  return out, _examples.run_quick("semi_supervised", out)
 
 
 METHODS = ["supervised", "all-labels", "pseudo-label", "fixmatch", "flexmatch",

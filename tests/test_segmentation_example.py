@@ -1,21 +1,16 @@
 """End-to-end tests of examples/segmentation.py (Mask2Former's Table 5 in miniature)."""
 
-import importlib.util
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import _examples
+
 for _module in ("flax", "optax", "matplotlib", "tqdm"):
   pytest.importorskip(_module)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "segmentation.py"
 METRICS = ("pq", "sq", "rq", "miou", "accuracy")
 
 
@@ -25,24 +20,14 @@ jnp = jax.numpy
 
 @pytest.fixture(scope="module")
 def example():
-  spec = importlib.util.spec_from_file_location("segmentation", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _examples.load("segmentation")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   """The `--quick` run, in a subprocess: its output dir and stdout."""
   out = tmp_path_factory.mktemp("segmentation")
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
-  proc = subprocess.run(
-      [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-      capture_output=True, text=True, env=env, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out, proc.stdout
+  return out, _examples.run_quick("segmentation", out)
 
 
 def test_quick_run_writes_a_table_and_results(quick_run):
