@@ -71,8 +71,10 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
   XLA:CPU turns `q / 100` into a multiply and fuses the interpolation into a
   multiply-add). A traced `q` follows NumPy's arithmetic for a float32 `q`,
   i.e. `np.percentile(values, np.float32(q))`, with the division `q / 100`
-  done by the device (IEEE on XLA:CPU); a traced `q` outside [0, 100] or NaN
-  gives NaN.
+  done by the device (IEEE on XLA:CPU): bit for bit on x86 CPUs with and
+  without FMA or AVX-512 (every product is rounded before it is added, so no
+  CPU can fuse them; tested with XLA's instruction set capped at SSE4.2, AVX,
+  AVX2 and AVX-512). A traced `q` outside [0, 100] or NaN gives NaN.
 
   Any NaN in `values` gives NaN, as in NumPy; infinities interpolate as in
   NumPy (`inf - inf` is NaN); the sign of a zero result is NumPy's.
@@ -128,7 +130,11 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
     q_bits = lax.bitcast_convert_type(q, jnp.int32)
     hundred = _opaque(jnp.full(q.shape, 100.0, jnp.float32),
                       jnp.where(has_nan, q_bits, 0))
-    rank = (q / hundred) * jnp.float32(n - 1)  # in [-0, n - 1] for q in range
+    # The rank feeds a subtraction and an addition below: kept opaque, the
+    # product is rounded first, as NumPy rounds it, on every CPU (XLA:CPU
+    # would otherwise be free to fuse `rank - lo` into one multiply-add on
+    # CPUs with FMA).
+    rank = _opaque((q / hundred) * jnp.float32(n - 1), zero)  # in [-0, n - 1] for q in range
     top = rank >= n - 1
     lo = jnp.clip(jnp.floor(rank), 0, n - 1).astype(jnp.int32)
     # NumPy's weight: rank minus the integer index (so -0 stays -0), and
