@@ -1,6 +1,6 @@
 """Sphinx configuration: the API reference, generated from the docstrings.
 
-Build (CI does this with -W, warnings as errors, in tests/test_docs_build.py):
+Build (CI does this with -W, warnings as errors, in tests/docs/test_docs_build.py):
 
   python -m sphinx -W --keep-going -b html docs docs/_build/html
 """

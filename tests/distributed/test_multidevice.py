@@ -1,4 +1,4 @@
-"""`axis_name` statistics on 8 simulated CPU devices (see conftest.py)."""
+"""`axis_name` statistics on 8 simulated CPU devices (see tests/conftest.py)."""
 
 import jax
 import jax.numpy as jnp

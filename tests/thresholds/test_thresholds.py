@@ -3,7 +3,8 @@ edge cases (one-sample batches, zero variance, NaN), transformations (eager,
 jit, vmap, scan), the state as a checkpointable pytree, and argument errors.
 
 Parity with torch_ref's transcription of USB over long sequences is in
-test_thresholds_parity.py; 8 simulated devices in test_multidevice.py.
+tests/thresholds/test_thresholds_parity.py; 8 simulated devices in
+tests/distributed/test_multidevice.py.
 """
 
 import chex
