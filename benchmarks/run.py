@@ -12,6 +12,10 @@ analysis (arguments + outputs + temporaries of the whole step). When
 The step rows are repeated in a child process with malloc on transparent huge
 pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), with page-fault counts, to
 show how much of the JAX step is faulting in fresh temporaries.
+
+Every row here times jaxmask's public API (and torch_ref / HF transformers).
+Floors of the XLA:CPU kernels' internal parts live apart, in
+`benchmarks/kernel_floors.py` (maintainers' numbers, not an API).
 """
 
 import argparse
@@ -34,9 +38,6 @@ import torch
 import jaxmask
 # Named entry points of the XLA:CPU kernels, for the rows that time a
 # kernel's part alone (the sampler's floor, the candidate draw).
-from jaxmask._src import grid
-from jaxmask._src.xla_cpu import sampler as xla_cpu_sampler
-from jaxmask._src.xla_cpu import threefry as xla_cpu_threefry
 import torch_ref
 
 try:
@@ -159,20 +160,6 @@ def bench_parts(n, size, reps, rows, faults=None):
   rows.append((f"point_sample, implementation='plain', N={n}, {size}², P={M}",
                jt, tt, f"{c:.1f} s"))
 
-  # The sampler's floor on XLA:CPU: its gather loop alone, with the zero
-  # border and the block offsets computed beforehand (not timed).
-  padded = jnp.pad(jl, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  start = jax.jit(lambda c: xla_cpu_sampler.block_starts(
-      c, jl.shape, padded=True))(jc)
-  loop = jax.jit(lambda f, s, c: xla_cpu_sampler.interpolate(
-      f, s, *grid.pixel_positions(c, size, size), padded.shape[2:], False))
-  flat = padded.reshape(-1)
-  np.testing.assert_allclose(loop(flat, start, jc), sample(jl, jc)[:, 0],
-                             atol=1e-6)
-  jt, tt, c = _compare(lambda: loop(flat, start, jc), torch_sample, reps)
-  rows.append((f"point_sample's gather loop alone (its floor), N={n}, "
-               f"{size}², P={M}", jt, tt, f"{c:.1f} s"))
-
   scores = -np.abs(np.random.default_rng(2).normal(size=(n, M))).astype(np.float32)
   js, ts = jnp.asarray(scores), torch.from_numpy(scores)
   fast = jax.jit(lambda s: jaxmask.top_k_indices(s, k=K))
@@ -186,16 +173,6 @@ def bench_parts(n, size, reps, rows, faults=None):
        lambda: torch.topk(ts, K, dim=1))):
     jt, tt, c = _compare(lambda jax_fn=jax_fn: jax_fn(js), torch_fn, reps)
     rows.append((f"{name}, {n}×{M}, k={K}", jt, tt, f"{c:.1f} s"))
-
-  key = jax.random.key(0)
-  for name, draw in (("jax.random.uniform", jax.random.uniform),
-                     ("jaxmask's unrolled Threefry (same bits)",
-                      xla_cpu_threefry.uniform)):
-    uniform = jax.jit(lambda k, draw=draw: draw(k, (n, M, 2)))
-    jt, tt, c = _compare(lambda uniform=uniform: uniform(key),
-                         lambda: torch.rand(n, M, 2), reps)
-    rows.append((f"candidates {n}×{M}×2: {name} vs torch.rand", jt, tt,
-                 f"{c:.1f} s"))
 
 
 def bench_hf(n, size, reps, rows):
