@@ -51,7 +51,7 @@ from jaxmask._src.thresholds import freematch_fairness_loss
 from jaxmask._src.thresholds import percentile_threshold
 from jaxmask._src.thresholds import softmatch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "ConfidenceMasks",

@@ -1,7 +1,18 @@
 """torch_ref: the PyTorch oracle for jaxmask, transcribed from the original code.
 
-Name for name it mirrors `jaxmask`; it never imports jaxmask.
+Name for name it mirrors `jaxmask`; it never imports jaxmask. It needs torch and
+scipy, the `torch` extra: `pip install "jaxmask[torch]"`.
 """
+
+# Every torch_ref module is imported through this package, so this one check
+# covers `import torch_ref.sampling` too.
+try:
+  import scipy.optimize  # noqa: F401 (the criterion's matching)
+  import torch  # noqa: F401
+except ImportError as e:
+  raise ImportError(
+      f"torch_ref (the PyTorch oracle) needs torch and scipy ({e}); install them"
+      ' with `pip install "jaxmask[torch]"`.') from e
 
 from torch_ref.confidence import confidence_masks
 from torch_ref.criterion import hungarian_match
