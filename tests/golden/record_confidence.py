@@ -1,7 +1,8 @@
 """Records torch_ref's confidence masks and MLKD losses into confidence.npz.
 
 Run from the repository root (needs torch): python tests/golden/record_confidence.py
-The golden test (tests/test_golden_confidence.py) replays them without torch.
+The golden tests (tests/percentile/test_confidence_masks_golden.py,
+tests/distill/test_distill_golden.py) replay them without torch.
 """
 
 import pathlib

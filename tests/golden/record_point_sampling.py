@@ -2,7 +2,9 @@
 
 Run from the repository root: `python tests/golden/record_point_sampling.py`.
 Writes tests/golden/point_sampling.npz (a few KB), which
-tests/test_point_sampling_golden.py checks jaxmask against without PyTorch.
+tests/sampling/test_sampling_golden.py and
+tests/point_losses/test_point_losses_golden.py check jaxmask against
+without PyTorch.
 Inputs come from a seeded NumPy generator; the point_mask_losses coordinates
 are drawn with jax.random from the key split that jaxmask documents
 (`candidate_key, fresh_key = jax.random.split(jax.random.key(PML_SEED))`) and

@@ -2,11 +2,11 @@
 
 Oracles are float64 NumPy transcriptions of the formulas of Mask2Former's
 criterion and matcher (`mask2former/modeling/criterion.py`, `matcher.py`);
-parity with torch_ref is in test_sampling_parity.py. Tolerance: rtol 1e-5 for
-float32 losses against float64. optax's binary losses are a second oracle for
-the per-mask losses. point_mask_losses runs over both implementations of the
-sampling (the `implementation` fixture: the plain algorithm and the XLA:CPU
-kernel).
+parity with torch_ref is in test_point_losses_parity.py. Tolerance: rtol
+1e-5 for float32 losses against float64. optax's binary losses are a second
+oracle for the per-mask losses. point_mask_losses runs over both
+implementations of the sampling (the `implementation` fixture: the plain
+algorithm and the XLA:CPU kernel).
 """
 
 import chex

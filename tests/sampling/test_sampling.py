@@ -4,10 +4,10 @@ Every algorithmic case runs over both implementations (the `implementation`
 fixture of conftest.py: the plain algorithm and the XLA:CPU kernel). The
 kernel-internal properties (its two sampler paths, 16-bit offsets, the
 flat-index-overflow path, chunked selection) are tested on the kernel's own
-entry points in `jaxmask._src.xla_cpu`, against the plain algorithm and the
-float64 oracle.
+entry points in tests/xla_cpu/test_xla_cpu_sampler.py.
 
-Oracles: a float64 NumPy transcription of grid_sample's bilinear rule and
+Oracles: a float64 NumPy transcription of grid_sample's bilinear rule
+(`np_grid_sample`, tests/_strategies.py) and
 `jax.scipy.ndimage.map_coordinates` (the alternative implementation), plus
 hand-computed values. Parity with torch_ref is in test_sampling_parity.py.
 """
@@ -23,17 +23,18 @@ import pytest
 from jax.scipy.ndimage import map_coordinates
 
 import jaxmask
-import _rules
-from jaxmask._src.xla_cpu import sampler
-from jaxmask._src.xla_cpu import selection
+from _strategies import _data
+from _strategies import assert_same_selection_as_plain
+from _strategies import documented_draws
+from _strategies import np_grid_sample
+from _strategies import point_sample
+from _strategies import position_rounding_tolerance
+from _strategies import select_uncertain_points
 
-# Jitted once per shape and implementation: eager dispatch would compile every
-# primitive.
-point_sample = jax.jit(jaxmask.point_sample,
-                       static_argnames=("implementation",))
-select_uncertain_points = jax.jit(
-    jaxmask.select_uncertain_points,
-    static_argnames=("num_uncertain", "uncertainty_fn", "implementation"))
+# Jitted once per shape and implementation (point_sample and
+# select_uncertain_points: tests/_strategies.py).
+
+
 sample_points = jax.jit(
     jaxmask.sample_points_using_uncertainty,
     static_argnames=("num_points", "oversample_ratio",
@@ -41,36 +42,6 @@ sample_points = jax.jit(
                      "implementation"))
 on_grid = jax.jit(jaxmask.uncertain_point_coords_on_grid,
                   static_argnames=("num_points",))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def documented_draws(key, num_masks, num_candidates, num_fresh):
-  """The candidates and fresh points sample_points_using_uncertainty draws."""
-  candidate_key, fresh_key = jax.random.split(key)
-  return (jax.random.uniform(candidate_key, (num_masks, num_candidates, 2)),
-          jax.random.uniform(fresh_key, (num_masks, num_fresh, 2)))
-
-
-def np_grid_sample(inputs, coords):
-  """float64 bilinear sampling, zero padding per neighbour, [N,C,P]."""
-  inputs = np.asarray(inputs, np.float64)
-  coords = np.asarray(coords, np.float64)
-  n, c, h, w = inputs.shape
-  ix = coords[..., 0] * w - 0.5
-  iy = coords[..., 1] * h - 0.5
-  x0, y0 = np.floor(ix), np.floor(iy)
-  out = np.zeros((n, c, coords.shape[1]))
-  for dx in (0, 1):
-    for dy in (0, 1):
-      x, y = x0 + dx, y0 + dy
-      weight = (1 - np.abs(ix - x)) * (1 - np.abs(iy - y))
-      valid = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-      xi = np.clip(x, 0, w - 1).astype(int)
-      yi = np.clip(y, 0, h - 1).astype(int)
-      vals = inputs[np.arange(n)[:, None, None], np.arange(c)[None, :, None],
-                    yi[:, None], xi[:, None]]
-      out += np.where(valid[:, None], vals * weight[:, None], 0.0)
-  return out
 
 
 def map_coordinates_sample(inputs, coords):
@@ -84,47 +55,6 @@ def map_coordinates_sample(inputs, coords):
   return jax.vmap(single)(inputs, coords)
 
 
-def position_rounding_tolerance(inputs, coords):
-  """How far a float32 sample may move when its pixel position is rounded
-  differently (a multiply-add contracted in one program, not in another).
-
-  grid_sample's position `((2x - 1 + 1) * size - 1) / 2` then moves by at
-  most half an ulp of `2 * size` pixels; the value moves by that times the
-  local slope of the bilinear surface along the axis (measured on the float64
-  oracle, on both sides of a pixel edge), plus a few ulps of its own.
-  """
-  inputs, coords = np.asarray(inputs), np.asarray(coords, np.float64)
-  h, w = inputs.shape[2:]
-  value = np_grid_sample(inputs, coords)
-  tol = 4 * np.spacing(np.abs(value).astype(np.float32)).astype(np.float64)
-  for axis, size in ((0, w), (1, h)):
-    step = np.zeros(2)
-    step[axis] = 1e-3 / size  # 1e-3 px
-    slope = np.maximum(np.abs(np_grid_sample(inputs, coords + step) - value),
-                       np.abs(np_grid_sample(inputs, coords - step) - value)
-                       ) / 1e-3  # per pixel
-    tol += float(np.spacing(np.float32(2 * size))) / 2 * slope
-  return tol
-
-
-def _data(seed, n, c, h, w, p, low=0.0, high=1.0):
-  rng = np.random.default_rng(seed)
-  inputs = rng.normal(size=(n, c, h, w)).astype(np.float32)
-  coords = rng.uniform(low, high, size=(n, p, 2)).astype(np.float32)
-  return inputs, coords
-
-
-def _score(sampled):
-  """The kernel entry points' `score`: sampled `[n, 1, M]` -> `[n, M]`."""
-  return jaxmask.calculate_uncertainty(sampled)[:, 0, :]
-
-
-def _scores(logits, candidates, implementation):
-  """Each candidate's uncertainty as `implementation` samples it, `[n, M]`."""
-  return -np.abs(np.asarray(point_sample(
-      logits, candidates, implementation=implementation))[:, 0])
-
-
 def assert_same_points(got, want, *, ordered):
   """Row by row: the same points, in the same order or as multisets."""
   got, want = np.asarray(got), np.asarray(want)
@@ -134,23 +64,6 @@ def assert_same_points(got, want, *, ordered):
     return
   for row in range(got.shape[0]):
     assert sorted(map(tuple, got[row])) == sorted(map(tuple, want[row])), row
-
-
-def assert_same_selection_as_plain(got, logits, candidates, k,
-                                   implementation):
-  """`got` (by `implementation`) selects the plain algorithm's set.
-
-  Compared under the rule of `_rules.py`: the kernel's sampled logits agree
-  with the plain ones to float rounding (1e-6 here), so a candidate may be in
-  one set and not the other only at a near-tie with the k-th score.
-  """
-  logits, candidates = np.asarray(logits), np.asarray(candidates)
-  want = select_uncertain_points(logits, candidates, num_uncertain=k,
-                                 implementation="plain")
-  _rules.assert_same_selection(
-      got, want, candidates,
-      got_scores=_scores(logits, candidates, implementation),
-      want_scores=_scores(logits, candidates, "plain"), k=k, tol=1e-6)
 
 
 # ---------------------------------------------------------------- point_sample
@@ -368,145 +281,6 @@ def test_point_sample_single_bad_input():
                      r" \[num_points, 2\]"):
     jaxmask.point_sample_single(np.zeros((1, 8, 8), np.float32),
                                 np.zeros((1, 4, 2), np.float32))
-
-
-# ------------------------------------------------------------ the XLA:CPU kernel
-# Properties of the kernel's own code paths, forced through its entry points
-# (`sampler.point_sample`, `selection.select_uncertain_points`,
-# `selection.select_uniform_candidates`) by patching the kernel's thresholds,
-# and checked against the plain algorithm and the float64 oracle.
-
-
-def _kernel_sample_and_grads(inputs, coords, weights):
-  """The kernel's values and gradients, traced afresh (thresholds patched)."""
-  sample = jax.jit(lambda x, p: sampler.point_sample(x, p))
-  grad = jax.jit(jax.grad(
-      lambda x, p: (sampler.point_sample(x, p) * weights).sum(),
-      argnums=(0, 1)))
-  return (sample(inputs, coords), *grad(inputs, coords))
-
-
-def _plain_sample_and_grads(inputs, coords, weights):
-  grad = jax.jit(jax.grad(
-      lambda x, p: (jaxmask.point_sample(x, p, implementation="plain")
-                    * weights).sum(), argnums=(0, 1)))
-  return (point_sample(inputs, coords, implementation="plain"),
-          *grad(inputs, coords))
-
-
-# Always copy the maps with a zero border (padded), never copy them (clamped).
-_SAMPLER_PATHS = {"padded": 10**9, "clamped": 0}
-
-
-@pytest.mark.parametrize("n,c,h,w", [(3, 1, 8, 8), (2, 3, 5, 11), (2, 2, 1, 7),
-                                     (2, 1, 6, 1), (1, 1, 1, 1)])
-def test_kernel_sampler_paths_match_plain_and_oracle(monkeypatch, n, c, h, w):
-  """Pairs from a zero-bordered copy, and from blocks clamped into the map."""
-  inputs, coords = _data(7, n, c, h, w, 60, -0.2, 1.2)
-  coords[0, :3] = [[np.nan, 0.5], [0.5, np.inf], [-1e30, 1e30]]
-  weights = np.random.default_rng(8).normal(size=(n, c, 60)).astype(np.float32)
-  results = []
-  for pixels_per_point in _SAMPLER_PATHS.values():
-    monkeypatch.setattr(sampler, "_PIXELS_PER_POINT_TO_CLAMP",
-                        pixels_per_point)
-    results.append(_kernel_sample_and_grads(inputs, coords, weights))
-  plain = _plain_sample_and_grads(inputs, coords, weights)
-  finite = coords.copy()
-  finite[0, :3] = 0.5
-  want = np_grid_sample(inputs, finite)
-  want[0, :, :2] = np.nan  # non-finite points sample NaN
-  want[0, :, 2] = 0  # a far-away point samples the padding
-  for out, grad_inputs, grad_coords in (*results, plain):
-    np.testing.assert_allclose(out, want, atol=2e-6)
-    assert np.isfinite(grad_inputs).all() and np.isfinite(grad_coords).all()
-    np.testing.assert_array_equal(grad_coords[0, :3], 0)
-  for got in results:
-    # Same arithmetic; XLA may contract a multiply-add differently: 1 ulp.
-    np.testing.assert_allclose(got[0], plain[0], atol=5e-7)
-    np.testing.assert_allclose(got[1], plain[1], atol=1e-6)
-    np.testing.assert_allclose(got[2], plain[2], atol=1e-5)
-
-
-@pytest.mark.parametrize("h,w", [(256, 256), (255, 257)])
-def test_kernel_sampler_paths_on_maps_past_16_bit_offsets(monkeypatch, h, w):
-  """256² fits 16-bit offsets unpadded, not padded; 255 x 257 fits neither."""
-  inputs, coords = _data(9, 2, 1, h, w, 400, -0.01, 1.01)
-  coords[:, :4] = [[0, 0], [1, 1], [0, 1], [1, 0]]
-  want = np_grid_sample(inputs, coords)
-  weights = np.random.default_rng(10).normal(size=(2, 1, 400)).astype(
-      np.float32)
-  results = []
-  for pixels_per_point in _SAMPLER_PATHS.values():
-    monkeypatch.setattr(sampler, "_PIXELS_PER_POINT_TO_CLAMP",
-                        pixels_per_point)
-    results.append(_kernel_sample_and_grads(inputs, coords, weights)[:2])
-  plain = _plain_sample_and_grads(inputs, coords, weights)[:2]
-  # The gradient is the sampling's transpose: <grad, x> = <weights, S x>.
-  probe = np.random.default_rng(11).normal(size=inputs.shape)
-  for out, grad in (*results, plain):
-    # float32 positions on 256-pixel axes are within ~2e-5 px of float64's.
-    np.testing.assert_allclose(out, want, atol=1e-4)
-    np.testing.assert_allclose(np.vdot(grad, probe),
-                               np.vdot(weights, np_grid_sample(probe, coords)),
-                               rtol=1e-4)
-  # The kernel's paths and the plain sampler agree to position rounding
-  # (at 255 x 257 a position or two is rounded an ulp apart, ~1.5e-6 in
-  # value); the gradients, weight sums, to 1e-6.
-  tol = position_rounding_tolerance(inputs, coords)
-  for out, grad in (*results, plain):
-    for other, other_grad in (*results, plain):
-      assert (np.abs(np.asarray(out) - np.asarray(other)) <= tol).all()
-      np.testing.assert_allclose(grad, other_grad, atol=1e-6)
-
-
-def test_kernel_flat_index_overflow_paths_give_the_same_values(monkeypatch):
-  """Past int32 flat offsets the kernel gathers map by map: same results."""
-  inputs, coords = _data(6, 4, 2, 5, 7, 30, -0.1, 1.1)
-  logits = inputs[:, :1]
-  sample = lambda: jax.jit(sampler.point_sample)(inputs, coords)
-  select = lambda: jax.jit(lambda l, c: selection.select_uncertain_points(
-      l, c, 9, _score))(logits, coords)
-  want_values, want_points = sample(), select()
-  np.testing.assert_allclose(
-      want_values, point_sample(inputs, coords, implementation="plain"),
-      atol=5e-7)
-  assert_same_selection_as_plain(want_points, logits, coords, 9, "xla_cpu")
-  monkeypatch.setattr(sampler, "MAX_FLAT_INDEX", 100)  # force both paths
-  assert inputs.size > 100 and coords.size > 100
-  np.testing.assert_array_equal(sample(), want_values)
-  np.testing.assert_array_equal(select(), want_points)
-
-
-@pytest.mark.parametrize("num_masks", [12, 7])
-def test_kernel_chunked_selection_equals_whole(monkeypatch, num_masks):
-  """The kernel selects a few masks at a time; the points must not change."""
-  logits = np.random.default_rng(9).normal(size=(num_masks, 1, 9, 11)).astype(
-      np.float32)
-  candidates = np.random.default_rng(10).random((num_masks, 300, 2)).astype(
-      np.float32)
-  candidate_key = jax.random.key(4)
-
-  def run():  # traced afresh: the chunk size is read at trace time
-    select = jax.jit(lambda l, c: selection.select_uncertain_points(
-        l, c, 40, _score))
-    draw_and_select = jax.jit(
-        lambda k, l: selection.select_uniform_candidates(k, l, 300, 75,
-                                                         _score))
-    return (select(logits, candidates),
-            draw_and_select(candidate_key, logits))
-
-  assert selection.rows_per_chunk(num_masks, 300) == num_masks
-  whole = run()
-  # The plain algorithm's sets, from the same (bit for bit) candidates.
-  drawn = jax.random.uniform(candidate_key, (num_masks, 300, 2))
-  assert_same_selection_as_plain(whole[0], logits, candidates, 40, "xla_cpu")
-  assert_same_selection_as_plain(whole[1], logits, drawn, 75, "xla_cpu")
-  monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * 300 * 4)  # 4 masks
-  expected_chunk = 4 if num_masks == 12 else num_masks  # 7: no divisor
-  assert selection.rows_per_chunk(num_masks, 300) == expected_chunk
-  chunked = run()
-  for got, want in zip(chunked, whole):
-    np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------- uncertainty selection
