@@ -15,7 +15,7 @@ The rule, for every public function:
 
 import math
 import numbers
-from typing import Literal
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +70,10 @@ def python_int(value, name: str, low: int = 0, high: int = 2**31 - 1) -> int:
   """A Python (or NumPy) integer in `[low, high]` (int32 by default)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be a Python int, got {value!r}.")
-  if value < low:
+  # cast: mypy rejects comparing typeshed's numbers.Integral with an int.
+  if cast(int, value) < low:
     raise ValueError(f"{name} must be >= {low}, got {value}.")
-  if value > high:
+  if cast(int, value) > high:
     raise ValueError(f"{name} must be <= {high}, got {value}.")
   return int(value)
 
@@ -81,7 +82,8 @@ def python_number(value, name: str, low: float, high: float) -> float:
   """A finite Python (or NumPy) real number in `[low, high]`."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise TypeError(f"{name} must be a Python number, got {value!r}.")
-  if not (math.isfinite(value) and low <= value <= high):  # also NaN
+  # cast: mypy rejects comparing typeshed's numbers.Real with a float.
+  if not (math.isfinite(value) and low <= cast(float, value) <= high):  # also NaN
     raise ValueError(f"{name} must be a finite number in [{low}, {high}],"
                      f" got {value!r}.")
   return float(value)

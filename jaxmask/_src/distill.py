@@ -4,7 +4,7 @@ Reference: Jin, Wang, Lin, "Multi-Level Logit Distillation", CVPR 2023, and its
 released code (`mdistiller/distillers/KD_ours.py`).
 """
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -308,4 +308,6 @@ def mlkd_loss(
              for T in temps)
     bc = sum(batch_correlation_loss(s_w, t_w, temperature=T, mask=m)
              for T in temps)
-  return MLKDLoss(kd, cc, bc, masks.mask, masks.class_mask)
+  # cast: sum() of arrays is typed `Array | Literal[0]` (0 for no terms).
+  return MLKDLoss(cast(jax.Array, kd), cast(jax.Array, cc), cast(jax.Array, bc),
+                  masks.mask, masks.class_mask)

@@ -88,7 +88,9 @@ class FreeMatchState(NamedTuple):
 class SoftMatchState(NamedTuple):
   """SoftMatch's state (USB's `DistAlignEMAHook` and `SoftMatchWeightingHook`)."""
 
-  count: jax.Array  # [] int32: updates so far (0: `p_model` not yet set)
+  # [] int32: updates so far (0: `p_model` not yet set). The field shadows
+  # tuple.count, which mypy reports; the name is public API.
+  count: jax.Array  # type: ignore[assignment]
   p_model: jax.Array  # [num_classes] float32: EMA of the batch-mean probabilities
   mu: jax.Array  # [] float32: EMA of the mean confidence (of aligned probs)
   var: jax.Array  # [] float32: EMA of its unbiased variance
@@ -161,7 +163,7 @@ def _checked_state(state, cls, shapes: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _divide(a: jax.Array, b: jax.Array) -> jax.Array:
+def _divide(a: jax.Array, b: jax.typing.ArrayLike) -> jax.Array:
   """`a / b` by IEEE division of every element, as PyTorch computes it.
 
   XLA:CPU rewrites a division by a broadcast value into a multiplication by

@@ -205,7 +205,7 @@ def interpolate(flat, start, ix, iy, map_shape, clamped):
   return nw * w[0] + ne * w[1] + sw * w[2] + se * w[3]
 
 
-def _read_pairs(flat, start, row_len):
+def _read_pairs(flat, start, row_len) -> tuple[jax.Array, jax.Array]:
   """The pixel pairs at `start` and one row below, in all the maps `flat`."""
   return gather_pairs(flat, start), gather_pairs(flat, start + row_len)
 

@@ -49,7 +49,8 @@ def _threefry_key(key: jax.Array):
     if key.ndim == 0 and str(jax.random.key_impl(key)) == "threefry2x32":
       return jax.random.key_data(key)
   elif (key.dtype == jnp.uint32 and key.shape == (2,)
-        and jax.config.jax_default_prng_impl == "threefry2x32"):
+        # jax.config sets its flags as attributes at run time (unseen by mypy).
+        and jax.config.jax_default_prng_impl == "threefry2x32"):  # type: ignore[attr-defined]
     return key
   return None
 
@@ -68,7 +69,7 @@ def _unrolled_uniform(key_words: jax.Array, shape: tuple[int, ...],
 def can_draw_rows(key: jax.Array, shape: tuple[int, ...]) -> bool:
   """Whether the unrolled hash can draw `uniform(key, shape)` (and its rows)."""
   return (_threefry_key(key) is not None
-          and jax.config.jax_threefry_partitionable
+          and jax.config.jax_threefry_partitionable  # type: ignore[attr-defined]
           and math.prod(shape) < 2**32)
 
 
