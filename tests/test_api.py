@@ -1,6 +1,12 @@
-"""API rules for the public surface (after dm-pix's API test)."""
+"""API rules for the public surface (after dm-pix's API test).
 
+Also: every public name is fuzzed (tests/<concept>/test_<concept>_fuzz.py).
+"""
+
+import importlib.util
 import inspect
+import pathlib
+import sys
 
 import jaxmask
 
@@ -96,3 +102,43 @@ def test_kernels_stay_behind_the_public_functions():
       if line.startswith(("import ", "from ")) and "jaxmask" in line:
         assert "jaxmask._src.xla_cpu" in line or line.endswith(
             "import grid"), (path.name, line)
+
+
+def _fuzz_modules():
+  """The concept folders' fuzz files (tests/*/test_*_fuzz.py), imported.
+
+  A file pytest has already imported (its basename is the module name) is
+  reused; otherwise it is loaded from its path under that name, outside
+  `sys.modules`.
+  """
+  modules = {}
+  for path in sorted(pathlib.Path(__file__).resolve().parent.glob("*/test_*_fuzz.py")):
+    module = sys.modules.get(path.stem)
+    if module is None or pathlib.Path(module.__file__).resolve() != path:
+      spec = importlib.util.spec_from_file_location(path.stem, path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+    modules[path.stem] = module
+  return modules
+
+
+def test_every_public_name_is_fuzzed():
+  """Each public name has a fuzz test, each public function a HOSTILE entry.
+
+  Every fuzz file declares `COVERED` (public name -> the test in that file
+  that fuzzes it) and `HOSTILE` (function -> its valid arguments and bad
+  values); together they must cover `jaxmask.__all__`.
+  """
+  modules = _fuzz_modules()
+  assert modules, "no tests/<concept>/test_<concept>_fuzz.py found"
+  covered, hostile = {}, set()
+  for stem, module in modules.items():
+    for name, test in module.COVERED.items():
+      assert callable(getattr(module, test, None)), (stem, name, test)
+      covered.setdefault(name, []).append(f"{stem}.{test}")
+    hostile |= set(module.HOSTILE)
+  assert set(covered) == set(jaxmask.__all__), (
+      set(jaxmask.__all__) - set(covered), set(covered) - set(jaxmask.__all__))
+  functions = {n for n in jaxmask.__all__
+               if inspect.isfunction(getattr(jaxmask, n))}
+  assert functions <= hostile, functions - hostile
