@@ -202,9 +202,9 @@ def batch_correlation_loss(
 class MLKDLoss(NamedTuple):
   """The three MLKD distillation terms (scalars) and the masks used."""
 
-  kd: jax.Array
-  cc: jax.Array
-  bc: jax.Array
+  kd: jax.Array  # scalar: KD terms summed over temperatures and views (see mlkd_loss)
+  cc: jax.Array  # scalar: class-correlation terms summed over temperatures
+  bc: jax.Array  # scalar: batch-correlation terms summed over temperatures
   mask: jax.Array  # [batch] bool, from the teacher's weak-view logits
   class_mask: jax.Array  # [num_classes] bool
 
