@@ -50,11 +50,17 @@ Usage (from the repository root, with jaxmask importable: `pip install -e
   python examples/semi_supervised.py --quick         # every method, a smoke run
   python examples/semi_supervised.py --method mlkd --labels-per-class 10
   python examples/semi_supervised.py --devices 0     # all local devices
+
+From Python (a notebook), in the caller's process, with `examples/` on `sys.path`:
+  import semi_supervised
+  results = semi_supervised.train(semi_supervised.Settings(quick=True))
+`Settings` has a field per flag (but `--out`); `train` returns what the command line
+prints and writes to `results.json`, and writes nothing itself.
 """
 
 import argparse
+import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -70,8 +76,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from sklearn import datasets
 from sklearn import model_selection
-import tqdm
 
+import _cli
 import jaxmask
 
 # Methods whose loss is `mean(ce(strong, pseudo_labels) * mask)` with a
@@ -111,28 +117,96 @@ class Config(NamedTuple):
   num_unlabelled: int
 
 
+# What `--quick` sets, whatever the flags say.
+QUICK = dict(seeds=1, steps=100, eval_every=25)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The command line's flags (but `--out`) with their defaults: what `train` runs.
+
+  `resolved()` applies `quick` (the `QUICK` preset; every method unless `method`
+  is given), expands `method` (None: `DEFAULT_METHODS`; "all": `METHODS`) and
+  `devices` (0: every local device), and checks every field: a bad one raises a
+  ValueError (TypeError for a wrong type) naming it, as a flag if `as_flags`.
+  """
+
+  method: tuple[str, ...] | None = None
+  labels_per_class: int = 5
+  seeds: int = 3
+  steps: int = 3000
+  eval_every: int = 100
+  batch_size: int = 32
+  unlabelled_batch_size: int = 64
+  learning_rate: float = 3e-3
+  weight_decay: float = 1e-4
+  ema_decay: float = 0.99
+  teacher: str = "ema"
+  unlabelled_weight: float | None = None  # None: UNLABELLED_WEIGHTS.
+  q: float = 20.0
+  p_cutoff: float = 0.95
+  threshold_momentum: float = 0.999
+  fairness_weight: float = 0.01
+  devices: int = 1
+  quick: bool = False
+
+  def resolved(self, *, as_flags: bool = False) -> "Settings":
+    s = dataclasses.replace(self, **QUICK) if self.quick else self
+    checks = _cli.Checks(s, as_flags=as_flags)
+    if s.method is None:
+      method = METHODS if s.quick else DEFAULT_METHODS
+    else:
+      method = checks.choices("method", (*METHODS, "all"))
+      method = METHODS if "all" in method else method
+    available = rarest_training_class()
+    checks.integer("labels_per_class", 1, available - 1, why=(
+        f"the training split has {available} images of its rarest class and at least one "
+        "must stay unlabelled"))
+    checks.training()
+    checks.integer("unlabelled_batch_size")
+    checks.number("ema_decay", 0.0, 1.0, open_high=True)
+    if s.teacher not in ("ema", "student"):
+      raise ValueError(f"{checks.name('teacher')} must be 'ema' or 'student', got "
+                       f"{s.teacher!r}.")
+    if s.unlabelled_weight is not None:
+      checks.weight("unlabelled_weight")
+    checks.number("q", 0.0, 100.0)
+    checks.number("p_cutoff", 0.0, 1.0, open_low=True)
+    checks.number("threshold_momentum", 0.0, 1.0)
+    checks.weight("fairness_weight")
+    devices = checks.devices(jax.local_device_count(),
+                             divide=("batch_size", "unlabelled_batch_size"))
+    return dataclasses.replace(s, method=tuple(method), devices=devices)
+
+
 # --------------------------------------------------------------------------
 # Data.
 
 
+@functools.cache
+def split_digits() -> tuple[np.ndarray, ...]:
+  """The digits in [0, 1] as `[n, 8, 8, 1]`, split once: `(x_train, x_test,
+  y_train, y_test)`."""
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  return tuple(model_selection.train_test_split(
+      images, digits.target, test_size=TEST_FRACTION,
+      stratify=digits.target, random_state=SPLIT_SEED))
+
+
+def rarest_training_class() -> int:
+  """How many training images the rarest class has."""
+  return int(np.bincount(split_digits()[2], minlength=NUM_CLASSES).min())
+
+
 def load_data(labels_per_class: int, seeds: list[int]) -> dict[str, Any]:
-  """Loads the digits in [0, 1] as `[n, 8, 8, 1]` and splits them per seed.
+  """The digits split per seed: `labels_per_class` labelled images per class.
 
   Returns a dict of NumPy arrays: `x_test`, `y_test`, `x_train`, `y_train`
   (shared by all seeds) and, stacked over seeds, `x_labelled [seeds, L, 8, 8,
   1]`, `y_labelled [seeds, L]` and `x_unlabelled [seeds, U, 8, 8, 1]`.
   """
-  digits = datasets.load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  x_train, x_test, y_train, y_test = model_selection.train_test_split(
-      images, digits.target, test_size=TEST_FRACTION,
-      stratify=digits.target, random_state=SPLIT_SEED)
-  available = np.bincount(y_train, minlength=NUM_CLASSES).min()
-  if not 1 <= labels_per_class < available:
-    raise ValueError(
-        f"--labels-per-class must be between 1 and {available - 1} (the "
-        f"training split has {available} images of its rarest class and at "
-        f"least one must stay unlabelled), got {labels_per_class}.")
+  x_train, x_test, y_train, y_test = split_digits()
   labelled, unlabelled = [], []
   for seed in seeds:
     rng = np.random.default_rng(seed)
@@ -471,8 +545,7 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
   history = dict(step=[], accuracy=[], loss=[], labelled_loss=[],
                  unlabelled_loss=[], fairness_loss=[], kept=[])
   chunks = config.steps // config.eval_every
-  with tqdm.tqdm(total=config.steps, desc=f"{config.method:>12}",
-                 unit="step", file=sys.stdout, dynamic_ncols=True) as bar:
+  with _cli.progress(config.steps, f"{config.method:>12}") as bar:
     for chunk in range(chunks):
       chunk_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, chunk)
       state, metrics = chunk_fn(state, seed_data, test, put(chunk_keys))
@@ -488,101 +561,62 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
 
 
 # --------------------------------------------------------------------------
-# Command line and reporting.
+# The experiment, in the caller's process.
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--method", nargs="+", default=None,
-                      choices=(*METHODS, "all"), metavar="METHOD",
-                      help=f"methods to run, of {', '.join(METHODS)}, or "
-                      "'all'; default: " + ", ".join(DEFAULT_METHODS) +
-                      " (with --quick: all)")
-  parser.add_argument("--labels-per-class", type=int, default=5)
-  parser.add_argument("--seeds", type=int, default=3,
-                      help="number of seeds (0, 1, ...) per method")
-  parser.add_argument("--steps", type=int, default=3000)
-  parser.add_argument("--eval-every", type=int, default=100)
-  parser.add_argument("--batch-size", type=int, default=32,
-                      help="labelled images per step")
-  parser.add_argument("--unlabelled-batch-size", type=int, default=64)
-  parser.add_argument("--learning-rate", type=float, default=3e-3)
-  parser.add_argument("--weight-decay", type=float, default=1e-4)
-  parser.add_argument("--ema-decay", type=float, default=0.99)
-  parser.add_argument("--teacher", choices=("ema", "student"), default="ema",
-                      help="mean teacher, or the student itself (no EMA)")
-  parser.add_argument("--unlabelled-weight", type=float, default=None,
-                      help="weight of the unlabelled loss; None: mlkd 0.5, "
-                      "the threshold methods 2.0")
-  parser.add_argument("--q", type=float, default=20.0,
-                      help="pseudo-label: keep the unlabelled images whose "
-                      "confidence is at or above this percentile of the batch")
-  parser.add_argument("--p-cutoff", type=float, default=0.95,
-                      help="fixmatch and flexmatch: the confidence threshold")
-  parser.add_argument("--threshold-momentum", type=float, default=0.999,
-                      help="freematch and softmatch: the momentum of their "
-                      "statistics (USB's ema_p)")
-  parser.add_argument("--fairness-weight", type=float, default=0.01,
-                      help="freematch: weight of the fairness loss (USB's "
-                      "ent_loss_ratio)")
-  parser.add_argument("--out", default=os.path.join("results",
-                                                    "semi_supervised"),
-                      help="directory for results.json and accuracy.png")
-  parser.add_argument("--devices", type=int, default=1,
-                      help="local devices to split each batch over (0: all)")
-  parser.add_argument("--quick", action="store_true",
-                      help="a smoke run: 1 seed, 100 steps, every method "
-                      "unless --method is given")
-  args = parser.parse_args(argv)
-  if args.quick:
-    args.seeds, args.steps, args.eval_every = 1, 100, 25
-  positive = ("seeds", "steps", "eval_every", "batch_size",
-              "unlabelled_batch_size", "learning_rate")
-  for name in positive:
-    if not getattr(args, name) > 0:
-      parser.error(f"--{name.replace('_', '-')} must be positive, got "
-                   f"{getattr(args, name)}.")
-  if args.steps % args.eval_every:
-    parser.error(f"--steps ({args.steps}) must be a multiple of --eval-every "
-                 f"({args.eval_every}).")
-  if not 0.0 <= args.ema_decay < 1.0:
-    parser.error(f"--ema-decay must lie in [0, 1), got {args.ema_decay}.")
-  if not 0.0 <= args.q <= 100.0:
-    parser.error(f"--q must lie in [0, 100], got {args.q}.")
-  if not 0.0 < args.p_cutoff <= 1.0:
-    parser.error(f"--p-cutoff must lie in (0, 1], got {args.p_cutoff}.")
-  if not 0.0 <= args.threshold_momentum <= 1.0:
-    parser.error("--threshold-momentum must lie in [0, 1], got "
-                 f"{args.threshold_momentum}.")
-  for name in ("unlabelled_weight", "fairness_weight"):
-    value = getattr(args, name)
-    if value is not None and not 0.0 <= value < float("inf"):
-      parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0, "
-                   f"got {value}.")
-  if args.labels_per_class < 1:
-    parser.error("--labels-per-class must be at least 1, got "
-                 f"{args.labels_per_class}.")
-  available = jax.local_device_count()
-  if args.devices == 0:
-    args.devices = available
-  if not 1 <= args.devices <= available:
-    parser.error(f"--devices must be between 0 (all) and the {available} "
-                 f"local device(s), got {args.devices}.")
-  for name in ("batch_size", "unlabelled_batch_size"):
-    if getattr(args, name) % args.devices:
-      parser.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) must "
-                   f"be divisible by --devices ({args.devices}).")
-  if args.method is None:
-    args.method = list(METHODS if args.quick else DEFAULT_METHODS)
-  elif "all" in args.method:
-    args.method = list(METHODS)
-  args.method = list(dict.fromkeys(args.method))  # Drop repeats, keep order.
-  return args
+def train(settings: Settings) -> dict[str, Any]:
+  """Trains every method of `settings` over its seeds; returns the results.
+
+  Runs here, in the caller's process (a notebook's kernel, say), on its local
+  devices, and writes nothing. A bad setting raises a ValueError (or
+  TypeError) naming it, e.g. `devices` beyond the local devices.
+
+  Returns `dict(config=<the resolved settings>, results={method: ...})`, what
+  `results.json` holds (see `summarise`).
+  """
+  settings = settings.resolved()
+  seeds = list(range(settings.seeds))
+  data = load_data(settings.labels_per_class, seeds)
+  print(f"digits: {data['y_labelled'].shape[1]} labelled, "
+        f"{data['x_unlabelled'].shape[1]} unlabelled, "
+        f"{len(data['y_test'])} test images; seeds {seeds}; "
+        f"{settings.devices} {jax.devices()[0].platform} device(s)")
+  # Every method starts from the same parameters and draws the same keys.
+  init_keys, train_keys = jnp.unstack(
+      jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds]),
+      axis=1)
+  graphdef, params = init_params(init_keys)
+  # `all-labels` trains on every training image, labelled, for every seed.
+  stack = lambda x: np.broadcast_to(x, (len(seeds), *x.shape))
+  every_label = dict(data, x_labelled=stack(data["x_train"]),
+                     y_labelled=stack(data["y_train"]))
+  histories = {}
+  for method in settings.method:
+    config = Config(
+        method=method, steps=settings.steps, eval_every=settings.eval_every,
+        batch_size=settings.batch_size,
+        unlabelled_batch_size=settings.unlabelled_batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, ema_decay=settings.ema_decay,
+        teacher=settings.teacher,
+        unlabelled_weight=(UNLABELLED_WEIGHTS[method]
+                           if settings.unlabelled_weight is None else
+                           settings.unlabelled_weight),
+        q=settings.q, p_cutoff=settings.p_cutoff,
+        threshold_momentum=settings.threshold_momentum,
+        fairness_weight=(settings.fairness_weight if method == "freematch"
+                         else 0.0),
+        num_unlabelled=data["x_unlabelled"].shape[1])
+    method_data = every_label if method == "all-labels" else data
+    histories[method] = run_method(config, graphdef, params, method_data,
+                                   train_keys,
+                                   xla_opt_level=0 if settings.quick else 1,
+                                   devices=settings.devices)
+  return dict(config=dataclasses.asdict(settings),
+              results=summarise(settings, data, histories))
 
 
-def summarise(args, data, histories) -> dict[str, Any]:
+def summarise(settings: Settings, data, histories) -> dict[str, Any]:
   """Per method: final test accuracy per seed, mean, std and the history.
 
   `all-labels` trains on every training label: its `labels_per_class` is
@@ -595,29 +629,83 @@ def summarise(args, data, histories) -> dict[str, Any]:
     results[method] = dict(
         test_accuracy=final.tolist(), mean=float(final.mean()),
         std=float(final.std()),
-        labels_per_class=None if every_label else args.labels_per_class,
+        labels_per_class=None if every_label else settings.labels_per_class,
         num_labels=int(len(data["y_train"]) if every_label else
                        data["y_labelled"].shape[1]),
-        steps=args.steps,
-        wall_seconds=history["wall_seconds"], seeds=list(range(args.seeds)),
-        devices=args.devices,
+        steps=settings.steps,
+        wall_seconds=history["wall_seconds"],
+        seeds=list(range(settings.seeds)), devices=settings.devices,
         history={k: v for k, v in history.items() if k != "wall_seconds"})
   return results
+
+
+# --------------------------------------------------------------------------
+# Command line and reporting.
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The flags: `Settings`'s fields, and `--out`."""
+  parser = _cli.make_parser(__doc__)
+  parser.add_argument("--method", nargs="+", default=None,
+                      choices=(*METHODS, "all"), metavar="METHOD",
+                      help=f"methods to run, of {', '.join(METHODS)}, or "
+                      "'all'; default: " + ", ".join(DEFAULT_METHODS) +
+                      " (with --quick: all)")
+  parser.add_argument("--labels-per-class", type=int,
+                      default=Settings.labels_per_class,
+                      help="labelled training images per class (the rest "
+                      "are unlabelled)")
+  _cli.add_training_flags(parser, Settings, runs="method",
+                          batch_help="labelled images per step")
+  parser.add_argument("--unlabelled-batch-size", type=int,
+                      default=Settings.unlabelled_batch_size)
+  parser.add_argument("--ema-decay", type=float, default=Settings.ema_decay,
+                      help="the mean teacher's decay, in [0, 1)")
+  parser.add_argument("--teacher", choices=("ema", "student"),
+                      default=Settings.teacher,
+                      help="mean teacher, or the student itself (no EMA)")
+  parser.add_argument("--unlabelled-weight", type=float,
+                      default=Settings.unlabelled_weight,
+                      help="weight of the unlabelled loss; None: mlkd 0.5, "
+                      "the threshold methods 2.0")
+  parser.add_argument("--q", type=float, default=Settings.q,
+                      help="pseudo-label: keep the unlabelled images whose "
+                      "confidence is at or above this percentile of the batch")
+  parser.add_argument("--p-cutoff", type=float, default=Settings.p_cutoff,
+                      help="fixmatch and flexmatch: the confidence threshold")
+  parser.add_argument("--threshold-momentum", type=float,
+                      default=Settings.threshold_momentum,
+                      help="freematch and softmatch: the momentum of their "
+                      "statistics (USB's ema_p)")
+  parser.add_argument("--fairness-weight", type=float,
+                      default=Settings.fairness_weight,
+                      help="freematch: weight of the fairness loss (USB's "
+                      "ent_loss_ratio)")
+  parser.add_argument("--devices", type=int, default=Settings.devices,
+                      help="local devices to split each batch over (0: all)")
+  _cli.add_output_flags(
+      parser, out=os.path.join("results", "semi_supervised"),
+      files="results.json and accuracy.png",
+      quick="1 seed, 100 steps, every method unless --method is given")
+  return parser
+
+
+def parse_args(argv=None) -> tuple[Settings, str]:
+  """`(settings, out)`, resolved and checked; exits with status 2 if one is bad."""
+  return _cli.parse(build_parser(), argv, Settings)
 
 
 def print_table(results) -> None:
   print(f"\n{'method':<14}{'test accuracy (%)':>22}{'labels':>8}"
         f"{'wall (s)':>10}")
   for method, r in results.items():
-    acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
+    acc = _cli.mean_std(r["mean"], r["std"], 100)
     print(f"{method:<14}{acc:>22}{r['num_labels']:>8}"
           f"{r['wall_seconds']:>10.1f}")
 
 
 def plot(results, path: str, labels_per_class: int) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _cli.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for method, r in results.items():
     acc = 100 * np.asarray(r["history"]["accuracy"])  # [evals, seeds]
@@ -640,57 +728,18 @@ def plot(results, path: str, labels_per_class: int) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  seeds = list(range(args.seeds))
-  try:
-    data = load_data(args.labels_per_class, seeds)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"digits: {data['y_labelled'].shape[1]} labelled, "
-        f"{data['x_unlabelled'].shape[1]} unlabelled, "
-        f"{len(data['y_test'])} test images; seeds {seeds}; "
-        f"{args.devices} {jax.devices()[0].platform} device(s)")
-  # Every method starts from the same parameters and draws the same keys.
-  init_keys, train_keys = jnp.unstack(
-      jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds]),
-      axis=1)
-  graphdef, params = init_params(init_keys)
-  # `all-labels` trains on every training image, labelled, for every seed.
-  stack = lambda x: np.broadcast_to(x, (len(seeds), *x.shape))
-  every_label = dict(data, x_labelled=stack(data["x_train"]),
-                     y_labelled=stack(data["y_train"]))
-  histories = {}
-  for method in args.method:
-    config = Config(
-        method=method, steps=args.steps, eval_every=args.eval_every,
-        batch_size=args.batch_size,
-        unlabelled_batch_size=args.unlabelled_batch_size,
-        learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        ema_decay=args.ema_decay, teacher=args.teacher,
-        unlabelled_weight=(UNLABELLED_WEIGHTS[method]
-                           if args.unlabelled_weight is None else
-                           args.unlabelled_weight),
-        q=args.q, p_cutoff=args.p_cutoff,
-        threshold_momentum=args.threshold_momentum,
-        fairness_weight=args.fairness_weight if method == "freematch" else 0.0,
-        num_unlabelled=data["x_unlabelled"].shape[1])
-    method_data = every_label if method == "all-labels" else data
-    histories[method] = run_method(config, graphdef, params, method_data,
-                                   train_keys,
-                                   xla_opt_level=0 if args.quick else 1,
-                                   devices=args.devices)
-  results = summarise(args, data, histories)
-  print_table(results)
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, "results.json")
-  with open(json_path, "w") as f:
-    json.dump(dict(config=vars(args), results=results), f, indent=2)
-  plot_path = os.path.join(args.out, "accuracy.png")
-  plot(results, plot_path, args.labels_per_class)
+def report(results: dict[str, Any], out: str) -> None:
+  """Prints `train`'s table and writes results.json and accuracy.png."""
+  print_table(results["results"])
+  json_path = _cli.write_json(out, results)
+  plot_path = os.path.join(out, "accuracy.png")
+  plot(results["results"], plot_path, results["config"]["labels_per_class"])
   print(f"wrote {json_path} and {plot_path}")
-  return 0
+
+
+def main(argv=None) -> int:
+  """The command line: checks every flag, trains, reports."""
+  return _cli.main(argv, build_parser(), Settings, train, report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,207 @@
+"""The examples' shared command line: flags, their checks, the output folder, progress.
+
+Each example (`semi_supervised.py`, `segmentation.py`) keeps its settings in a frozen dataclass
+whose fields are its flags and whose defaults are the flags' defaults. Its `resolved()` method
+applies the `--quick` preset and the derived defaults and validates every field with `Checks`,
+which names a mistake as the flag (`--eval-every`) on the command line and as the field
+(`eval_every`) in Python. `main` runs an example's `train(settings)` from its command line:
+every flag and `--out` are checked before any work starts, and a bad one exits with argparse's
+error (status 2) naming it.
+"""
+
+import argparse
+import json
+import math
+import numbers
+import os
+import sys
+from typing import Any, Callable
+
+import tqdm
+
+# Counts (steps, seeds, images, points...) must fit an int32: JAX folds steps into keys and
+# indexes with int32.
+INT32_MAX = 2**31 - 1
+
+
+# --------------------------------------------------------------------------
+# Flags.
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+  """A parser described by the first paragraph of the example's docstring."""
+  return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_training_flags(parser: argparse.ArgumentParser, defaults, *, runs: str,
+                       batch_help: str | None = None) -> None:
+  """`--seeds`, `--steps`, `--eval-every`, `--batch-size`, `--learning-rate`, `--weight-decay`,
+  with the defaults of the settings class `defaults`; `runs` names what each seed runs."""
+  parser.add_argument("--seeds", type=int, default=defaults.seeds,
+                      help=f"number of seeds (0, 1, ...) per {runs}")
+  parser.add_argument("--steps", type=int, default=defaults.steps)
+  parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                      help="steps between evaluations; must divide --steps")
+  parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=batch_help)
+  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                      help="AdamW's peak learning rate, in (0, 1]")
+  parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                      help="AdamW's decoupled weight decay, in [0, 1]")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, *, out: str, files: str,
+                     quick: str) -> None:
+  """`--out` (default `out`, the directory for `files`) and `--quick` (`quick`: what it runs)."""
+  parser.add_argument("--out", default=out, help=f"directory for {files}")
+  parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
+
+
+# --------------------------------------------------------------------------
+# Checks.
+
+
+class Checks:
+  """Validates one settings value; each mistake raises a ValueError (a TypeError for a value of
+  the wrong type) that names the setting as a flag (`as_flags`) or as a field."""
+
+  def __init__(self, settings, *, as_flags: bool):
+    self.settings = settings
+    self.as_flags = as_flags
+
+  def name(self, field: str) -> str:
+    return "--" + field.replace("_", "-") if self.as_flags else field
+
+  def integer(self, field: str, low: int = 1, high: int = INT32_MAX, why: str = "") -> int:
+    """The field, an int in `[low, high]`; `why` explains the range."""
+    value = getattr(self.settings, field)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      raise TypeError(f"{self.name(field)} must be an int, got {value!r}.")
+    if not low <= value <= high:
+      raise ValueError(f"{self.name(field)} must be an integer in [{low}, {high}]"
+                       f"{f' ({why})' if why else ''}, got {value}.")
+    return int(value)
+
+  def number(self, field: str, low: float, high: float, *, open_low: bool = False,
+             open_high: bool = False) -> float:
+    """The field, a finite real number in the interval from `low` to `high` (either end open)."""
+    value = getattr(self.settings, field)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise TypeError(f"{self.name(field)} must be a number, got {value!r}.")
+    inside = (math.isfinite(value) and (low < value if open_low else low <= value)
+              and (value < high if open_high else value <= high))
+    if not inside:
+      interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+      raise ValueError(f"{self.name(field)} must be a finite number in {interval}, got "
+                       f"{value}.")
+    return float(value)
+
+  def weight(self, field: str) -> float:
+    """A loss weight: finite, >= 0."""
+    return self.number(field, 0.0, math.inf, open_high=True)
+
+  def divides(self, field: str, multiple: str) -> None:
+    """`field` divides `multiple`."""
+    a, b = getattr(self.settings, field), getattr(self.settings, multiple)
+    if b % a:
+      raise ValueError(f"{self.name(multiple)} ({b}) must be a multiple of {self.name(field)} "
+                       f"({a}).")
+
+  def choices(self, field: str, allowed) -> tuple:
+    """The field, a non-empty sequence of the `allowed` strings, repeats dropped, as a tuple."""
+    value = getattr(self.settings, field)
+    if isinstance(value, str) or not value:
+      raise ValueError(f"{self.name(field)} must be a non-empty list of {', '.join(allowed)}; "
+                       f"got {value!r}.")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+      raise ValueError(f"{self.name(field)} must be of {', '.join(allowed)}; got {unknown}.")
+    return tuple(dict.fromkeys(value))  # Drop repeats, keep order.
+
+  def training(self) -> None:
+    """The flags of `add_training_flags`."""
+    for field in ("seeds", "steps", "eval_every", "batch_size"):
+      self.integer(field)
+    self.divides("eval_every", "steps")
+    self.number("learning_rate", 0.0, 1.0, open_low=True)
+    self.number("weight_decay", 0.0, 1.0)
+
+  def devices(self, available: int, *, divide: tuple[str, ...] = ()) -> int:
+    """The number of devices to use (0: all `available`), which divides the `divide` fields."""
+    value = self.integer("devices", 0, available, why="0: all the local devices")
+    devices = value or available
+    for field in divide:
+      if getattr(self.settings, field) % devices:
+        raise ValueError(f"{self.name(field)} ({getattr(self.settings, field)}) must be "
+                         f"divisible by {self.name('devices')} ({devices}).")
+    return devices
+
+
+def check_out(out: str) -> None:
+  """Raises a ValueError naming `--out` unless `out` is, or can be made, a directory."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out {out!r} exists and is not a directory.")
+  parent = os.path.abspath(out)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"--out {out!r} cannot be created: {parent!r} is a file.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f"--out {out!r} cannot be created: {parent!r} is not writable.")
+
+
+# --------------------------------------------------------------------------
+# Running.
+
+
+def parse(parser: argparse.ArgumentParser, argv, settings_type) -> tuple[Any, str]:
+  """`(settings, out)` from `argv`, resolved and checked; exits with status 2 if one is bad."""
+  args = vars(parser.parse_args(argv))
+  out = args.pop("out")
+  try:
+    settings = settings_type(**args).resolved(as_flags=True)
+    check_out(out)
+  except ValueError as e:
+    parser.error(str(e))
+  return settings, out
+
+
+def main(argv, parser: argparse.ArgumentParser, settings_type,
+         train: Callable[[Any], dict[str, Any]],
+         report: Callable[[dict[str, Any], str], None]) -> int:
+  """An example's command line: `report(train(settings), out)` after the checks."""
+  settings, out = parse(parser, argv, settings_type)
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    parser.error(f"--out {out!r} cannot be created: {e.strerror}.")
+  report(train(settings), out)
+  return 0
+
+
+def progress(total: int, desc: str | None = None, **options) -> tqdm.tqdm:
+  """A progress bar of steps on stdout."""
+  return tqdm.tqdm(total=total, desc=desc, unit="step", file=sys.stdout, dynamic_ncols=True,
+                   **options)
+
+
+def write_json(out: str, results: dict[str, Any]) -> str:
+  """Writes `train`'s `results`, `out` added to its `config`, to `out/results.json`; returns
+  the path."""
+  path = os.path.join(out, "results.json")
+  with open(path, "w") as f:
+    json.dump({**results, "config": {**results["config"], "out": out}}, f, indent=2)
+  return path
+
+
+def pyplot():
+  """matplotlib's pyplot on the Agg backend (files only, no display)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def mean_std(mean: float, std: float, scale: float = 1.0) -> str:
+  """`mean ± std`, times `scale`, to one decimal."""
+  return f"{scale * mean:.1f} ± {scale * std:.1f}"
