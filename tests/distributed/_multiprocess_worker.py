@@ -45,7 +45,8 @@ def main():
 
   def log(what):  # to stdout_I.txt: where the time went
     print(f"process {args.process_id}: {what} done at"
-          f" {time.monotonic() - started:.1f} s", flush=True)
+          f" {time.monotonic() - started:.1f} s ({time.process_time():.1f} s"
+          " CPU)", flush=True)
 
   import jax  # after argparse: `--help` needs no JAX
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -41,7 +41,7 @@ WORKER = pathlib.Path(__file__).with_name("_multiprocess_worker.py")
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 NUM_DEVICES = NUM_PROCESSES * DEVICES_PER_PROCESS
-TIMEOUT_S = 120  # for both workers together; a clean run takes ~15 s
+TIMEOUT_S = 120  # for both workers together; each needs ~10 s of CPU
 
 # Values that two programs compute in different orders (the psum of partial
 # class sums, a loss rescaled by num_masks) agree to a few float32 ulps; 1e-6
@@ -217,12 +217,18 @@ def _run_once(root: pathlib.Path) -> None:
   outcome = root / "outcome.json"
   if not outcome.exists():
     np.savez(root / "inputs.npz", **INPUTS)
-    error = None
     started = time.monotonic()
-    try:
-      run_workers(root, [root / "inputs.npz"] * NUM_PROCESSES)
-    except WorkerFailure as e:
-      error = str(e)
+    for _ in range(2):
+      try:
+        run_workers(root, [root / "inputs.npz"] * NUM_PROCESSES)
+        error = None
+        break
+      except WorkerFailure as e:
+        error = str(e)
+        # Another program took the free port before the coordinator bound it:
+        # once more on a new port; any other failure stands.
+        if "Failed to start RPC server" not in error:
+          break
     outcome.write_text(json.dumps(
         {"error": error, "seconds": time.monotonic() - started}))
   error = json.loads(outcome.read_text())["error"]
@@ -386,8 +392,7 @@ def test_adaptive_threshold(results, name):
     assert (np.asarray(state.selected_label) >= 0).sum() >= UNLABELLED // 2
 
 
-@pytest.mark.parametrize("name", list(M2F_COUNTS))
-def test_mask2former_loss(results, name):
+def test_mask2former_loss(results):
   """num_masks is the global mean count (>= 1); the losses are per device.
 
   Each device's class loss is that of its own images; its mask losses are
@@ -395,31 +400,34 @@ def test_mask2former_loss(results, name):
   device's losses on its images (divided by `max(local count, 1)`) rescaled
   by `max(local count, 1) / num_masks`. The draws depend only on the key and
   the per-device shapes, so one process reproduces them device by device.
+  (Both cases in one test: under xdist, one worker compiles the criterion.)
   """
-  get = lambda k: INPUTS[f"m2f/{name}/{k}"]
-  valid = get("valid")
-  num_masks = np.float32(max(valid.sum() / NUM_DEVICES, 1.0))
   options = dict(M2F_OPTIONS)
   key = jax.random.key(options.pop("seed"))
-  got_num_masks = _rows(results, f"m2f/{name}/num_masks")
-  np.testing.assert_array_equal(got_num_masks, np.full(NUM_DEVICES, num_masks))
-  per_device = len(valid) // NUM_DEVICES
-  for d in range(NUM_DEVICES):
-    s = slice(d * per_device, (d + 1) * per_device)
-    local = jaxmask.mask2former_loss(
-        key, get("class_logits")[:, s], get("mask_logits")[:, s], get("labels")[s],
-        get("masks")[s], valid[s], **options)
-    scale = max(valid[s].sum(), 1) / num_masks
-    want_total = 0.0
-    for loss_name, value in local.losses.items():
-      base = loss_name.rstrip("_0123456789")
-      want = float(value) * (1.0 if base == "loss_cross_entropy" else scale)
-      want_total += M2F_WEIGHTS[base] * want
-      got = _rows(results, f"m2f/{name}/losses/{loss_name}")[d]
-      np.testing.assert_allclose(got, want, rtol=RTOL,
-                                 err_msg=f"{loss_name}, device {d}")
-    np.testing.assert_allclose(_rows(results, f"m2f/{name}/total")[d], want_total,
-                               rtol=RTOL, err_msg=f"total, device {d}")
+  for name in M2F_COUNTS:
+    get = lambda k, name=name: INPUTS[f"m2f/{name}/{k}"]
+    valid = get("valid")
+    num_masks = np.float32(max(valid.sum() / NUM_DEVICES, 1.0))
+    np.testing.assert_array_equal(_rows(results, f"m2f/{name}/num_masks"),
+                                  np.full(NUM_DEVICES, num_masks), name)
+    per_device = len(valid) // NUM_DEVICES
+    for d in range(NUM_DEVICES):
+      s = slice(d * per_device, (d + 1) * per_device)
+      local = jaxmask.mask2former_loss(
+          key, get("class_logits")[:, s], get("mask_logits")[:, s],
+          get("labels")[s], get("masks")[s], valid[s], **options)
+      scale = max(valid[s].sum(), 1) / num_masks
+      want_total = 0.0
+      for loss_name, value in local.losses.items():
+        base = loss_name.rstrip("_0123456789")
+        want = float(value) * (1.0 if base == "loss_cross_entropy" else scale)
+        want_total += M2F_WEIGHTS[base] * want
+        got = _rows(results, f"m2f/{name}/losses/{loss_name}")[d]
+        np.testing.assert_allclose(got, want, rtol=RTOL,
+                                   err_msg=f"{name}: {loss_name}, device {d}")
+      np.testing.assert_allclose(_rows(results, f"m2f/{name}/total")[d],
+                                 want_total, rtol=RTOL,
+                                 err_msg=f"{name}: total, device {d}")
 
 
 # ------------------------------------------------------- the harness itself
@@ -442,9 +450,9 @@ def test_a_failing_worker_fails_with_its_stderr_and_leaves_no_process(tmp_path):
 
 
 def test_a_hanging_worker_is_killed_at_the_timeout(tmp_path):
-  """A lone worker waits for its partner in `initialize`: killed at 3 s."""
+  """A lone worker waits for its partner in `initialize`: killed at 1 s."""
   started = time.monotonic()
-  with pytest.raises(WorkerFailure, match="still running after 3 s") as failure:
-    run_workers(tmp_path, [tmp_path / "unused.npz"], timeout_s=3)
+  with pytest.raises(WorkerFailure, match="still running after 1 s") as failure:
+    run_workers(tmp_path, [tmp_path / "unused.npz"], timeout_s=1)
   assert time.monotonic() - started < 10
   _assert_gone(failure.value.pids)
