@@ -102,7 +102,7 @@ class Settings:
     checks.weight("class_weight")
     checks.integer("pretrain_steps", 0)
     checks.integer("train_images")
-    checks.integer("test_images")
+    checks.integer("test_images", EVAL_BATCH)
     if s.test_images % EVAL_BATCH:
       raise ValueError(f"{name('test_images')} must be a multiple of "
                        f"{EVAL_BATCH} (the evaluation batch), got "

@@ -1,4 +1,5 @@
-"""End-to-end tests of examples/segmentation.py (Mask2Former's Table 5 in miniature)."""
+"""End-to-end tests of examples/segmentation.py (Mask2Former's Table 5 in miniature) and of
+its parts, examples/segmentation_parts/."""
 
 import json
 import math
@@ -19,8 +20,10 @@ jnp = jax.numpy
 
 
 @pytest.fixture(scope="module")
-def example():
-  return _examples.load("segmentation")
+def parts():
+  """The modules of examples/segmentation_parts/, by name."""
+  names = ("settings", "data", "train", "evaluate")
+  return {name: _examples.load(f"segmentation_parts.{name}") for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +89,10 @@ def test_quick_run_draws_its_plots(quick_run):
     assert len(png) < 300_000, (name, len(png))
 
 
-def test_data_is_fixed_and_well_formed(example):
-  a = example.make_dataset(6, 64, 4, split=1)
-  b = example.make_dataset(6, 64, 4, split=1)
+def test_data_is_fixed_and_well_formed(parts):
+  data = parts["data"]
+  a = data.make_dataset(6, 64, 4, split=1)
+  b = data.make_dataset(6, 64, 4, split=1)
   for name in ("images", "ids", "labels"):
     assert (a[name] == b[name]).all(), name
   assert a["images"].shape == (6, 64, 64, 3) and a["images"].dtype == "uint8"
@@ -99,35 +103,36 @@ def test_data_is_fixed_and_well_formed(example):
     assert (labels[count:] == -1).all()
     assert set(range(1, count + 1)) <= set(ids.ravel().tolist())
     assert ids.max() == count
-  train = example.make_dataset(6, 64, 4, split=0)
+  train = data.make_dataset(6, 64, 4, split=0)
   assert not (train["images"] == a["images"]).all()  # Held out.
 
 
-def test_instance_masks_are_area_shares(example):
+def test_instance_masks_are_area_shares(parts):
   ids = np.zeros((1, 8, 8), np.uint8)
   ids[0, :4, :4] = 1  # Instance 1: the top-left cell of a 2x2 grid.
   ids[0, 4:, :2] = 2  # Instance 2: half of the bottom-left cell.
-  shares = np.asarray(example.instance_masks(ids, 3, 2))
+  shares = np.asarray(parts["data"].instance_masks(ids, 3, 2))
   assert shares.shape == (1, 3, 2, 2)
   np.testing.assert_array_equal(shares[0, 0], [[1.0, 0.0], [0.0, 0.0]])
   np.testing.assert_array_equal(shares[0, 1], [[0.0, 0.0], [0.5, 0.0]])
   np.testing.assert_array_equal(shares[0, 2], np.zeros((2, 2)))  # Padding.
 
 
-def test_pretrained_backbone_is_shared_and_the_rest_drawn(example):
-  config = example.Config(
+def test_pretrained_backbone_is_shared_and_the_rest_drawn(parts):
+  train = parts["train"]
+  config = parts["settings"].Config(
       loss="point", image_size=64, max_instances=4, num_points=49,
       matcher_points=49, steps=2, eval_every=1, batch_size=2,
       learning_rate=1e-3, weight_decay=0.0, layers=1, queries=4, dim=16,
       class_weight=5.0)
-  data = example.make_dataset(4, 64, 4, split=0)
-  backbone, accuracy = example.pretrain_backbone(
+  data = parts["data"].make_dataset(4, 64, 4, split=0)
+  backbone, accuracy = train.pretrain_backbone(
       data, {k: jnp.asarray(v) for k, v in data.items()}, steps=2,
       batch_size=2, learning_rate=1e-2, weight_decay=0.0)
   assert 0.0 <= accuracy <= 100.0
-  fresh = example.init_params(config, jax.random.key(0))
-  a = example.init_params(config, jax.random.key(0), backbone)
-  b = example.init_params(config, jax.random.key(1), backbone)
+  fresh = train.init_params(config, jax.random.key(0))
+  a = train.init_params(config, jax.random.key(0), backbone)
+  b = train.init_params(config, jax.random.key(1), backbone)
   leaves = lambda state: jax.tree.leaves(state)
   # The backbone is the pretrained one in every seed, and not a fresh draw.
   for x, y, z in zip(leaves(a["backbone"]), leaves(b["backbone"]),
@@ -143,14 +148,15 @@ def test_pretrained_backbone_is_shared_and_the_rest_drawn(example):
                             leaves(b["query_feat"])[0])
 
 
-def test_paired_differences_are_per_seed(example):
+def test_paired_differences_are_per_seed(parts):
+  paired_differences = parts["evaluate"].paired_differences
   metrics = dict(pq=[10.0, 20.0, 30.0], sq=[1.0, 1.0, 1.0],
                  rq=[0.0, 0.0, 0.0], miou=[50.0, 60.0, 70.0],
                  accuracy=[40.0, 40.0, 40.0])
   shifted = dict(pq=[12.0, 19.0, 33.0], sq=[1.0, 1.0, 1.0],
                  rq=[0.0, 0.0, 0.0], miou=[50.0, 60.0, 70.0],
                  accuracy=[30.0, 40.0, 50.0])
-  paired = example.paired_differences(dict(point=shifted, full=metrics))
+  paired = paired_differences(dict(point=shifted, full=metrics))
   assert paired["pq"]["per_seed"] == [2.0, -1.0, 3.0]
   assert paired["pq"]["mean"] == pytest.approx(4.0 / 3.0)
   # std over seeds of (2, -1, 3): sqrt(((2/3)² + (7/3)² + (5/3)²) / 3).
@@ -159,29 +165,4 @@ def test_paired_differences_are_per_seed(example):
   # Seed-wise pairing: equal means, yet each seed differs.
   assert paired["accuracy"]["mean"] == 0.0
   assert paired["accuracy"]["std"] == pytest.approx((200 / 3) ** 0.5)
-  assert example.paired_differences(dict(point=shifted)) == {}
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--loss", "dice"], "invalid choice: 'dice'"),
-    (["--seeds", "0"], "--seeds must be positive"),
-    (["--steps", "250", "--eval-every", "100"], "multiple of --eval-every"),
-    (["--image-size", "100"], "--image-size must be a multiple of 16"),
-    (["--image-size", "16"], "--image-size must be a multiple of 16"),
-    (["--queries", "3"], "--queries (3) must be at least --max-instances (4)"),
-    (["--max-instances", "17", "--queries", "20"],
-     "--max-instances must be at most 16"),
-    (["--num-points", "0"], "--num-points must be positive"),
-    (["--matcher-points", "-5"], "--matcher-points must be positive"),
-    (["--class-weight", "-1"], "--class-weight must be >= 0"),
-    (["--test-images", "30"], "--test-images must be a multiple of 20"),
-    (["--dim", "30"], "--dim must be a multiple of 8"),
-    (["--learning-rate", "0"], "--learning-rate must be positive"),
-    (["--pretrain-steps", "-1"], "--pretrain-steps must be >= 0"),
-    (["--unknown-flag"], "unrecognized arguments"),
-])
-def test_bad_flags_exit_with_a_message(example, capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_info:
-    example.main(argv)
-  assert exit_info.value.code == 2
-  assert message in capsys.readouterr().err
+  assert paired_differences(dict(point=shifted)) == {}

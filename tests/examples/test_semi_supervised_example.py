@@ -1,5 +1,6 @@
 """End-to-end tests of examples/semi_supervised.py."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,6 @@ import _examples
 
 for _module in ("flax", "optax", "sklearn", "matplotlib", "tqdm"):
   pytest.importorskip(_module)
-
 
 
 @pytest.fixture(scope="module")
@@ -98,45 +98,52 @@ def test_eight_devices_train_like_one(example, quick_run, tmp_path):
 
 
 def test_method_selection(example):
-  assert example.parse_args([]).method == list(example.DEFAULT_METHODS)
+  method = lambda argv: example.parse_args(argv)[0].method
+  assert method([]) == example.DEFAULT_METHODS
   assert {"supervised", "all-labels"} <= set(example.DEFAULT_METHODS)
-  assert example.parse_args(["--quick"]).method == METHODS
-  assert example.parse_args(["--method", "all"]).method == METHODS
-  assert example.parse_args(["--method", "mlkd", "all"]).method == METHODS
-  assert example.parse_args(
-      ["--quick", "--method", "softmatch", "fixmatch", "softmatch"]
-  ).method == ["softmatch", "fixmatch"]
+  assert method(["--quick"]) == tuple(METHODS)
+  assert method(["--method", "all"]) == tuple(METHODS)
+  assert method(["--method", "mlkd", "all"]) == tuple(METHODS)
+  assert method(["--quick", "--method", "softmatch", "fixmatch", "softmatch"]) == (
+      "softmatch", "fixmatch")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--method", "mixmatch"], "invalid choice: 'mixmatch'"),
-    (["--method"], "expected at least one argument"),
-    (["--labels-per-class", "0"], "--labels-per-class must be at least 1"),
-    (["--seeds", "0"], "--seeds must be positive"),
-    (["--steps", "250", "--eval-every", "100"], "multiple of --eval-every"),
-    (["--ema-decay", "1.0"], "--ema-decay must lie in [0, 1)"),
-    (["--q", "101"], "--q must lie in [0, 100]"),
-    (["--p-cutoff", "0"], "--p-cutoff must lie in (0, 1]"),
-    (["--p-cutoff", "1.5"], "--p-cutoff must lie in (0, 1]"),
-    (["--threshold-momentum", "-0.1"], "--threshold-momentum must lie in [0, 1]"),
-    (["--fairness-weight", "-1"], "--fairness-weight must be a finite number >= 0"),
-    (["--unlabelled-weight", "nan"], "--unlabelled-weight must be a finite number >= 0"),
-    (["--p-cutoff", "high"], "invalid float value: 'high'"),
-    (["--unknown-flag"], "unrecognized arguments"),
-    (["--devices", "9"], "--devices must be between 0 (all) and the 8 local"),
-    (["--devices", "-1"], "--devices must be between 0 (all) and the"),
-    (["--devices", "3"], "--batch-size (32) must be divisible by --devices"),
-    (["--devices", "8", "--unlabelled-batch-size", "60"],
-     "--unlabelled-batch-size (60) must be divisible by --devices (8)"),
-])
-def test_bad_flags_exit_with_a_message(example, capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_info:
-    example.main(argv)
-  assert exit_info.value.code == 2
-  assert message in capsys.readouterr().err
+TINY = dict(method=("fixmatch",), seeds=1, steps=4, eval_every=2, batch_size=8,
+            unlabelled_batch_size=8)
 
 
-def test_more_labels_than_exist_exits_with_a_message(example, capsys):
-  assert example.main(["--labels-per-class", "1000"]) == 2
-  err = capsys.readouterr().err
-  assert "--labels-per-class must be between 1 and" in err
+def test_train_runs_in_process_and_returns_what_the_command_line_writes(
+    example, tmp_path, capsys):
+  """`train(Settings(...))` in this process: the results `main` prints and writes."""
+  results = example.train(example.Settings(**TINY))
+  assert set(results) == {"config", "results"}
+  config = results["config"]
+  assert config == dataclasses.asdict(example.Settings(**TINY).resolved())
+  assert config["method"] == TINY["method"] and config["devices"] == 1
+  assert list(results["results"]) == list(TINY["method"])
+  history_keys = {"step", "accuracy", "loss", "labelled_loss", "unlabelled_loss",
+                  "fairness_loss", "kept"}
+  r = results["results"]["fixmatch"]
+  assert r["labels_per_class"] == 5 and r["num_labels"] == 50
+  assert r["steps"] == 4 and r["seeds"] == [0] and r["devices"] == 1
+  assert len(r["test_accuracy"]) == 1 and 0.0 <= r["mean"] <= 1.0
+  assert r["std"] == 0.0 and r["wall_seconds"] > 0
+  assert set(r["history"]) == history_keys and r["history"]["step"] == [2, 4]
+  for name in history_keys - {"step"}:
+    values = np.asarray(r["history"][name])
+    assert values.shape == (2, 1) and np.isfinite(values).all(), name
+  # `main` ends with `report(train(settings), out)`: the table and these numbers.
+  capsys.readouterr()
+  example.report(results, str(tmp_path))
+  assert "\nfixmatch " in capsys.readouterr().out
+  with open(tmp_path / "results.json") as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(
+      {**results, "config": {**config, "out": str(tmp_path)}}))
+  assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_refuses_more_devices_than_exist(example):
+  available = example.jax.local_device_count()
+  with pytest.raises(ValueError, match=rf"^devices must be an integer in \[0, {available}\]"):
+    example.train(example.Settings(devices=available + 1))

@@ -1,25 +1,26 @@
 """Loading and running the scripts under examples/ from their tests."""
 
-import importlib.util
+import importlib
 import os
 import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
 
 
 def script(name: str) -> pathlib.Path:
   """`examples/<name>.py`."""
-  return ROOT / "examples" / f"{name}.py"
+  return EXAMPLES / f"{name}.py"
 
 
 def load(name: str):
-  """The example as a module, imported without running its `main`."""
-  spec = importlib.util.spec_from_file_location(name, script(name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """`examples/<name>.py`, or a part such as `segmentation_parts.data`, imported as the
+  examples import each other (`examples/` on `sys.path`), without running `main`."""
+  if str(EXAMPLES) not in sys.path:
+    sys.path.append(str(EXAMPLES))
+  return importlib.import_module(name)
 
 
 def run_quick(name: str, out: pathlib.Path, timeout: int = 300) -> str:
