@@ -1,21 +1,23 @@
 """The examples' shared command line: flags, their checks, the output folder, progress.
 
 Each example (`semi_supervised.py`, `segmentation.py`) keeps its settings in a frozen dataclass
-whose fields are its flags and whose defaults are the flags' defaults. Its `resolved()` method
+whose fields (made by `flag`) are its flags, with their defaults and help. Its `resolved()` method
 applies the `--quick` preset and the derived defaults and validates every field with `Checks`,
 which names a mistake as the flag (`--eval-every`) on the command line and as the field
-(`eval_every`) in Python. `main` runs an example's `train(settings)` from its command line:
+(`eval_every`) in Python. `Command` runs an example's `train(settings)` from its command line:
 every flag and `--out` are checked before any work starts, and a bad one exits with argparse's
 error (status 2) naming it.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import numbers
 import os
 import sys
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, NamedTuple
 
 import tqdm
 
@@ -28,33 +30,48 @@ INT32_MAX = 2**31 - 1
 # Flags.
 
 
-def make_parser(doc: str) -> argparse.ArgumentParser:
-  """A parser described by the first paragraph of the example's docstring."""
-  return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def flag(default, help: str, **options) -> Any:
+  """A settings field that is a flag too: `--<field-name>`, with this `default` and `help`;
+  `options` (`choices`, `metavar`) go to `add_argument`."""
+  return dataclasses.field(default=default, metadata=dict(help=help, **options))
 
 
-def add_training_flags(parser: argparse.ArgumentParser, defaults, *, runs: str,
-                       batch_help: str | None = None) -> None:
-  """`--seeds`, `--steps`, `--eval-every`, `--batch-size`, `--learning-rate`, `--weight-decay`,
-  with the defaults of the settings class `defaults`; `runs` names what each seed runs."""
-  parser.add_argument("--seeds", type=int, default=defaults.seeds,
-                      help=f"number of seeds (0, 1, ...) per {runs}")
-  parser.add_argument("--steps", type=int, default=defaults.steps)
-  parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                      help="steps between evaluations; must divide --steps")
-  parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=batch_help)
-  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                      help="AdamW's peak learning rate, in (0, 1]")
-  parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                      help="AdamW's decoupled weight decay, in [0, 1]")
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """The flags both examples take (checked by `Checks.training`). An example's settings
+  subclass this and redeclare a field to change its default."""
+
+  seeds: int = flag(3, "number of seeds (0, 1, ...), each a run of every method or loss")
+  steps: int = flag(300, "training steps")
+  eval_every: int = flag(100, "steps between evaluations; divides --steps")
+  batch_size: int = flag(8, "images per step")
+  learning_rate: float = flag(1e-3, "AdamW's peak learning rate, in (0, 1]")
+  weight_decay: float = flag(1e-4, "AdamW's weight decay, in [0, 1]")
 
 
-def add_output_flags(parser: argparse.ArgumentParser, *, out: str, files: str,
-                     quick: str) -> None:
-  """`--out` (default `out`, the directory for `files`) and `--quick` (`quick`: what it runs)."""
-  parser.add_argument("--out", default=out, help=f"directory for {files}")
-  parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
+def make_parser(settings_type, doc: str, name: str, files: str) -> argparse.ArgumentParser:
+  """A flag for each field of the dataclass `settings_type` (made by `flag`), and `--out`
+  (default `results/<name>`, the directory for `files`); described by the first paragraph of
+  the example's `doc`.
+
+  A field's flag takes its type from the annotation: `bool` is a switch; `int`, `float`,
+  `str` (or the type `| None`) one value; `tuple[str, ...]` one or more.
+  """
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  for field in dataclasses.fields(settings_type):
+    options = dict(field.metadata, default=field.default)
+    kind = next((t for t in typing.get_args(field.type) if t is not type(None)), field.type)
+    if kind is bool:
+      options["action"] = "store_true"
+    elif typing.get_origin(kind) is tuple:
+      options.update(nargs="+", type=typing.get_args(kind)[0])
+    else:
+      options["type"] = kind
+    parser.add_argument("--" + field.name.replace("_", "-"), **options)
+  parser.add_argument("--out", default=os.path.join("results", name),
+                      help=f"directory for {files}")
+  return parser
 
 
 # --------------------------------------------------------------------------
@@ -63,9 +80,15 @@ def add_output_flags(parser: argparse.ArgumentParser, *, out: str, files: str,
 
 class Checks:
   """Validates one settings value; each mistake raises a ValueError (a TypeError for a value of
-  the wrong type) that names the setting as a flag (`as_flags`) or as a field."""
+  the wrong type) that names the setting as a flag (`as_flags`) or as a field.
 
-  def __init__(self, settings, *, as_flags: bool):
+  With `preset` (the `--quick` preset) and `settings.quick`, `self.settings` is `settings` with
+  the preset's fields replaced.
+  """
+
+  def __init__(self, settings, *, as_flags: bool, preset: dict[str, Any] | None = None):
+    if preset and settings.quick:
+      settings = dataclasses.replace(settings, **preset)
     self.settings = settings
     self.as_flags = as_flags
 
@@ -119,7 +142,7 @@ class Checks:
     return tuple(dict.fromkeys(value))  # Drop repeats, keep order.
 
   def training(self) -> None:
-    """The flags of `add_training_flags`."""
+    """The fields of `Training`."""
     for field in ("seeds", "steps", "eval_every", "batch_size"):
       self.integer(field)
     self.divides("eval_every", "steps")
@@ -166,17 +189,34 @@ def parse(parser: argparse.ArgumentParser, argv, settings_type) -> tuple[Any, st
   return settings, out
 
 
-def main(argv, parser: argparse.ArgumentParser, settings_type,
-         train: Callable[[Any], dict[str, Any]],
-         report: Callable[[dict[str, Any], str], None]) -> int:
-  """An example's command line: `report(train(settings), out)` after the checks."""
-  settings, out = parse(parser, argv, settings_type)
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as e:
-    parser.error(f"--out {out!r} cannot be created: {e.strerror}.")
-  report(train(settings), out)
-  return 0
+class Command(NamedTuple):
+  """An example's command line: the flags of its settings (`settings_type`, a dataclass of
+  `flag` fields with a `resolved` method; its `doc`, its `name`, the `files` it writes) and
+  `--out`, then `report(train(settings), out)`."""
+
+  settings_type: type
+  doc: str
+  name: str
+  files: str
+  train: Callable[[Any], dict[str, Any]]
+  report: Callable[[dict[str, Any], str], None]
+
+  def build_parser(self) -> argparse.ArgumentParser:
+    return make_parser(self.settings_type, self.doc, self.name, self.files)
+
+  def parse_args(self, argv=None) -> tuple[Any, str]:
+    """`(settings, out)`, resolved and checked; exits with status 2 if one is bad."""
+    return parse(self.build_parser(), argv, self.settings_type)
+
+  def main(self, argv=None) -> int:
+    """Checks every flag and `--out`, makes `--out`, trains, reports."""
+    settings, out = self.parse_args(argv)
+    try:
+      os.makedirs(out, exist_ok=True)
+    except OSError as e:
+      self.build_parser().error(f"--out {out!r} cannot be created: {e.strerror}.")
+    self.report(self.train(settings), out)
+    return 0
 
 
 def progress(total: int, desc: str | None = None, **options) -> tqdm.tqdm:

@@ -58,72 +58,21 @@ The code is in `examples/segmentation_parts/`, one concern a module (see its
 and `evaluate.py` (`jaxmask.hungarian_match`). This file is the command line.
 """
 
-import argparse
-import os
 import sys
 
 import _cli
 from segmentation_parts.experiment import train
 from segmentation_parts.report import report
-from segmentation_parts.settings import LOSSES, Settings
+from segmentation_parts.settings import Settings
 
-__all__ = ["Settings", "main", "parse_args", "train"]
+__all__ = ["Settings", "build_parser", "main", "parse_args", "train"]
 
-
-def build_parser() -> argparse.ArgumentParser:
-  """The flags: `Settings`'s fields, and `--out`."""
-  parser = _cli.make_parser(__doc__)
-  parser.add_argument("--loss", nargs="+", default=list(Settings.loss),
-                      choices=LOSSES, help="mask losses to train with")
-  _cli.add_training_flags(parser, Settings, runs="loss")
-  parser.add_argument("--image-size", type=int, default=Settings.image_size,
-                      help="image and target side, a multiple of 16; the "
-                      "mask logits are at 1/4 of it")
-  parser.add_argument("--max-instances", type=int,
-                      default=Settings.max_instances,
-                      help="instances per image: 1 to this many")
-  parser.add_argument("--num-points", type=int, default=Settings.num_points,
-                      help="points per mask of the point loss; default: "
-                      "Mask2Former's 12544 at 1024² scaled to the target "
-                      "area (196 at 128²)")
-  parser.add_argument("--matcher-points", type=int,
-                      default=Settings.matcher_points,
-                      help="points of the matcher's cost, for both losses; "
-                      "default: --num-points")
-  parser.add_argument("--layers", type=int, default=Settings.layers,
-                      help="transformer decoder layers (the losses see "
-                      "layers + 1 predictions)")
-  parser.add_argument("--queries", type=int, default=Settings.queries)
-  parser.add_argument("--dim", type=int, default=Settings.dim,
-                      help="width of the queries and of the decoder")
-  parser.add_argument("--class-weight", type=float,
-                      default=Settings.class_weight,
-                      help="weight of the class loss (and the matcher's "
-                      "class cost); Mask2Former's is 2")
-  parser.add_argument("--pretrain-steps", type=int,
-                      default=Settings.pretrain_steps,
-                      help="steps of the backbone's pretraining (instance "
-                      "classification on true masks), shared by every run; "
-                      "0: the criterion trains the backbone from scratch")
-  parser.add_argument("--train-images", type=int,
-                      default=Settings.train_images)
-  parser.add_argument("--test-images", type=int, default=Settings.test_images,
-                      help="held-out images, a multiple of 20")
-  _cli.add_output_flags(
-      parser, out=os.path.join("results", "segmentation"),
-      files="results.json, curves.png and predictions.png",
-      quick="1 seed, 64² images, 2 layers, 40 steps")
-  return parser
-
-
-def parse_args(argv=None) -> tuple[Settings, str]:
-  """`(settings, out)`, resolved and checked; exits with status 2 if one is bad."""
-  return _cli.parse(build_parser(), argv, Settings)
-
-
-def main(argv=None) -> int:
-  """The command line: checks every flag, trains, reports."""
-  return _cli.main(argv, build_parser(), Settings, train, report)
+# The command line: `parse_args(argv) -> (settings, out)`, `main(argv) -> 0`.
+COMMAND = _cli.Command(Settings, __doc__, "segmentation",
+                       "results.json, curves.png and predictions.png", train,
+                       report)
+build_parser, parse_args, main = (COMMAND.build_parser, COMMAND.parse_args,
+                                  COMMAND.main)
 
 
 if __name__ == "__main__":

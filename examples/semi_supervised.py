@@ -58,7 +58,6 @@ From Python (a notebook), in the caller's process, with `examples/` on `sys.path
 prints and writes to `results.json`, and writes nothing itself.
 """
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -122,8 +121,10 @@ QUICK = dict(seeds=1, steps=100, eval_every=25)
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The command line's flags (but `--out`) with their defaults: what `train` runs.
+class Settings(_cli.Training):
+  """The command line's flags (but `--out`): what `train` runs.
+
+  Also `_cli.Training`'s `seeds`, `eval_every` and `weight_decay`.
 
   `resolved()` applies `quick` (the `QUICK` preset; every method unless `method`
   is given), expands `method` (None: `DEFAULT_METHODS`; "all": `METHODS`) and
@@ -131,28 +132,43 @@ class Settings:
   ValueError (TypeError for a wrong type) naming it, as a flag if `as_flags`.
   """
 
-  method: tuple[str, ...] | None = None
-  labels_per_class: int = 5
-  seeds: int = 3
-  steps: int = 3000
-  eval_every: int = 100
-  batch_size: int = 32
-  unlabelled_batch_size: int = 64
-  learning_rate: float = 3e-3
-  weight_decay: float = 1e-4
-  ema_decay: float = 0.99
-  teacher: str = "ema"
-  unlabelled_weight: float | None = None  # None: UNLABELLED_WEIGHTS.
-  q: float = 20.0
-  p_cutoff: float = 0.95
-  threshold_momentum: float = 0.999
-  fairness_weight: float = 0.01
-  devices: int = 1
-  quick: bool = False
+  method: tuple[str, ...] | None = _cli.flag(
+      None, f"methods to run, of {', '.join(METHODS)}, or 'all'; default: "
+      f"{', '.join(DEFAULT_METHODS)} (with --quick: all)",
+      choices=(*METHODS, "all"), metavar="METHOD")
+  labels_per_class: int = _cli.flag(
+      5, "labelled training images per class (the rest are unlabelled)")
+  steps: int = _cli.flag(3000, "training steps")
+  batch_size: int = _cli.flag(32, "labelled images per step")
+  unlabelled_batch_size: int = _cli.flag(64, "unlabelled images per step")
+  learning_rate: float = _cli.flag(
+      3e-3, "AdamW's peak learning rate, decayed on a cosine, in (0, 1]")
+  ema_decay: float = _cli.flag(0.99, "the mean teacher's decay, in [0, 1)")
+  teacher: str = _cli.flag(
+      "ema", "mean teacher, or the student itself (no EMA)",
+      choices=("ema", "student"))
+  unlabelled_weight: float | None = _cli.flag(
+      None, "weight of the unlabelled loss; None: mlkd 0.5, the threshold "
+      "methods 2.0")
+  q: float = _cli.flag(
+      20.0, "pseudo-label: keep the unlabelled images whose confidence is at "
+      "or above this percentile of the batch")
+  p_cutoff: float = _cli.flag(
+      0.95, "fixmatch and flexmatch: the confidence threshold")
+  threshold_momentum: float = _cli.flag(
+      0.999, "freematch and softmatch: the momentum of their statistics "
+      "(USB's ema_p)")
+  fairness_weight: float = _cli.flag(
+      0.01, "freematch: weight of the fairness loss (USB's ent_loss_ratio)")
+  devices: int = _cli.flag(
+      1, "local devices to split each batch over (0: all)")
+  quick: bool = _cli.flag(
+      False, "a smoke run: 1 seed, 100 steps, every method unless --method "
+      "is given")
 
   def resolved(self, *, as_flags: bool = False) -> "Settings":
-    s = dataclasses.replace(self, **QUICK) if self.quick else self
-    checks = _cli.Checks(s, as_flags=as_flags)
+    checks = _cli.Checks(self, as_flags=as_flags, preset=QUICK)
+    s = checks.settings
     if s.method is None:
       method = METHODS if s.quick else DEFAULT_METHODS
     else:
@@ -643,58 +659,6 @@ def summarise(settings: Settings, data, histories) -> dict[str, Any]:
 # Command line and reporting.
 
 
-def build_parser() -> argparse.ArgumentParser:
-  """The flags: `Settings`'s fields, and `--out`."""
-  parser = _cli.make_parser(__doc__)
-  parser.add_argument("--method", nargs="+", default=None,
-                      choices=(*METHODS, "all"), metavar="METHOD",
-                      help=f"methods to run, of {', '.join(METHODS)}, or "
-                      "'all'; default: " + ", ".join(DEFAULT_METHODS) +
-                      " (with --quick: all)")
-  parser.add_argument("--labels-per-class", type=int,
-                      default=Settings.labels_per_class,
-                      help="labelled training images per class (the rest "
-                      "are unlabelled)")
-  _cli.add_training_flags(parser, Settings, runs="method",
-                          batch_help="labelled images per step")
-  parser.add_argument("--unlabelled-batch-size", type=int,
-                      default=Settings.unlabelled_batch_size)
-  parser.add_argument("--ema-decay", type=float, default=Settings.ema_decay,
-                      help="the mean teacher's decay, in [0, 1)")
-  parser.add_argument("--teacher", choices=("ema", "student"),
-                      default=Settings.teacher,
-                      help="mean teacher, or the student itself (no EMA)")
-  parser.add_argument("--unlabelled-weight", type=float,
-                      default=Settings.unlabelled_weight,
-                      help="weight of the unlabelled loss; None: mlkd 0.5, "
-                      "the threshold methods 2.0")
-  parser.add_argument("--q", type=float, default=Settings.q,
-                      help="pseudo-label: keep the unlabelled images whose "
-                      "confidence is at or above this percentile of the batch")
-  parser.add_argument("--p-cutoff", type=float, default=Settings.p_cutoff,
-                      help="fixmatch and flexmatch: the confidence threshold")
-  parser.add_argument("--threshold-momentum", type=float,
-                      default=Settings.threshold_momentum,
-                      help="freematch and softmatch: the momentum of their "
-                      "statistics (USB's ema_p)")
-  parser.add_argument("--fairness-weight", type=float,
-                      default=Settings.fairness_weight,
-                      help="freematch: weight of the fairness loss (USB's "
-                      "ent_loss_ratio)")
-  parser.add_argument("--devices", type=int, default=Settings.devices,
-                      help="local devices to split each batch over (0: all)")
-  _cli.add_output_flags(
-      parser, out=os.path.join("results", "semi_supervised"),
-      files="results.json and accuracy.png",
-      quick="1 seed, 100 steps, every method unless --method is given")
-  return parser
-
-
-def parse_args(argv=None) -> tuple[Settings, str]:
-  """`(settings, out)`, resolved and checked; exits with status 2 if one is bad."""
-  return _cli.parse(build_parser(), argv, Settings)
-
-
 def print_table(results) -> None:
   print(f"\n{'method':<14}{'test accuracy (%)':>22}{'labels':>8}"
         f"{'wall (s)':>10}")
@@ -737,9 +701,11 @@ def report(results: dict[str, Any], out: str) -> None:
   print(f"wrote {json_path} and {plot_path}")
 
 
-def main(argv=None) -> int:
-  """The command line: checks every flag, trains, reports."""
-  return _cli.main(argv, build_parser(), Settings, train, report)
+# The command line: `parse_args(argv) -> (settings, out)`, `main(argv) -> 0`.
+COMMAND = _cli.Command(Settings, __doc__, "semi_supervised",
+                       "results.json and accuracy.png", train, report)
+build_parser, parse_args, main = (COMMAND.build_parser, COMMAND.parse_args,
+                                  COMMAND.main)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ def default_points(image_size: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The command line's flags (but `--out`) with their defaults: what `train` runs.
+class Settings(_cli.Training):
+  """The command line's flags (but `--out`): what `train` runs.
+
+  Also `_cli.Training`'s, with its defaults: `seeds` 3, `steps` 300,
+  `eval_every` 100, `batch_size` 8, `learning_rate` 1e-3, `weight_decay` 1e-4.
 
   `resolved()` applies `quick` (the `QUICK` preset) and the default point
   counts (`num_points` None: Mask2Former's 12544 at 1024² scaled to the
@@ -56,29 +59,37 @@ class Settings:
   flag if `as_flags`.
   """
 
-  loss: tuple[str, ...] = LOSSES
-  seeds: int = 3
-  steps: int = 300
-  eval_every: int = 100
-  batch_size: int = 8
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-4
-  image_size: int = 128
-  max_instances: int = 4
-  num_points: int | None = None
-  matcher_points: int | None = None
-  layers: int = 6
-  queries: int = 8
-  dim: int = 64
-  class_weight: float = 5.0
-  pretrain_steps: int = 300
-  train_images: int = 1600
-  test_images: int = 300
-  quick: bool = False
+  loss: tuple[str, ...] = _cli.flag(LOSSES, "mask losses to train with",
+                                    choices=LOSSES)
+  image_size: int = _cli.flag(
+      128, "image and target side, a multiple of 16; the mask logits are at "
+      "1/4 of it")
+  max_instances: int = _cli.flag(4, "instances per image: 1 to this many")
+  num_points: int | None = _cli.flag(
+      None, "points per mask of the point loss; default: Mask2Former's 12544 "
+      "at 1024² scaled to the target area (196 at 128²)")
+  matcher_points: int | None = _cli.flag(
+      None, "points of the matcher's cost, for both losses; default: "
+      "--num-points")
+  layers: int = _cli.flag(
+      6, "transformer decoder layers (the losses see layers + 1 predictions)")
+  queries: int = _cli.flag(8, "learned queries, at least --max-instances")
+  dim: int = _cli.flag(64, "width of the queries and of the decoder")
+  class_weight: float = _cli.flag(
+      5.0, "weight of the class loss (and the matcher's class cost); "
+      "Mask2Former's is 2")
+  pretrain_steps: int = _cli.flag(
+      300, "steps of the backbone's pretraining (instance classification on "
+      "true masks), shared by every run; 0: the criterion trains the "
+      "backbone from scratch")
+  train_images: int = _cli.flag(1600, "training images")
+  test_images: int = _cli.flag(300, "held-out images, a multiple of 20")
+  quick: bool = _cli.flag(False, "a smoke run: 1 seed, 64² images, 2 layers, "
+                          "40 steps")
 
   def resolved(self, *, as_flags: bool = False) -> "Settings":
-    s = dataclasses.replace(self, **QUICK) if self.quick else self
-    checks = _cli.Checks(s, as_flags=as_flags)
+    checks = _cli.Checks(self, as_flags=as_flags, preset=QUICK)
+    s = checks.settings
     name = checks.name
     loss = checks.choices("loss", LOSSES)
     checks.training()
