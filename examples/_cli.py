@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import sys
+import types
 import typing
 from typing import Any, Callable, NamedTuple
 
@@ -61,7 +62,9 @@ def make_parser(settings_type, doc: str, name: str, files: str) -> argparse.Argu
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   for field in dataclasses.fields(settings_type):
     options = dict(field.metadata, default=field.default)
-    kind = next((t for t in typing.get_args(field.type) if t is not type(None)), field.type)
+    kind = field.type
+    if isinstance(kind, types.UnionType):  # `T | None`: T.
+      kind = next(t for t in typing.get_args(kind) if t is not types.NoneType)
     if kind is bool:
       options["action"] = "store_true"
     elif typing.get_origin(kind) is tuple:

@@ -177,6 +177,13 @@ def test_defaults_and_quick_pass_their_checks(name):
   assert quick.resolved() == quick and defaults.resolved() == defaults
 
 
+def test_list_flags_take_several_values():
+  assert _examples.load("segmentation").parse_args(
+      ["--loss", "full", "point", "full"])[0].loss == ("full", "point")
+  assert _examples.load("semi_supervised").parse_args(
+      ["--method", "mlkd", "fixmatch"])[0].method == ("mlkd", "fixmatch")
+
+
 @pytest.mark.parametrize("name, field, value, error", [
     ("semi_supervised", "devices", DEVICES + 1, ValueError),
     ("semi_supervised", "q", math.nan, ValueError),
