@@ -435,7 +435,8 @@ def mask2former_loss(
   `jax.random.uniform(fresh_key, (L * B * T, P - k, 2))`. HF draws per layer
   (final first, then auxiliary 0, 1, ...): each image's matcher points, then
   the candidates and then the fresh points of the matched masks ordered by
-  image and query index; feed it those rows to reproduce a call.
+  image and query index; feed it those rows to reproduce a call. Every draw
+  is float32 (`dtype=jnp.float32`), also under `jax_enable_x64`.
 
   **Weights.** The matcher's weights are the loss weights, as in the original
   and current HF (`cost_class=None`); a number overrides the class cost only.
@@ -556,7 +557,7 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
 
   # 1. Matching, every layer and image at once, without gradient.
   points = jax.random.uniform(
-      match_key, (num_layers, batch_size, num_matcher_points, 2))
+      match_key, (num_layers, batch_size, num_matcher_points, 2), jnp.float32)
 
   matching = impl.choose(
       implementation,
@@ -621,7 +622,9 @@ def _class_loss(class_logits, labels, target_index, num_classes,
                                    axis=1), num_classes)
   log_probs = jax.nn.log_softmax(checks.upcast(class_logits), axis=-1)
   ce = -jnp.take_along_axis(log_probs, target_class[..., None], axis=-1)[..., 0]
-  weight = jnp.where(matched, 1.0, no_object_weight)
+  # In the logits' dtype: two Python numbers would make a float64 array
+  # under jax_enable_x64.
+  weight = jnp.where(matched, 1.0, no_object_weight).astype(ce.dtype)
   return jnp.sum(weight * ce) / jnp.sum(weight)
 
 

@@ -412,9 +412,10 @@ def sample_points_using_uncertainty(
   3. `P - K` fresh points, `jax.random.uniform(fresh_key, (num_masks, P - K,
      2))`, are appended.
 
-  Here `candidate_key, fresh_key = jax.random.split(key)`, so the candidates
-  and fresh points can be reproduced (e.g. to feed `torch_ref`); every
-  implementation draws them bit for bit alike. No gradient flows through the
+  Here `candidate_key, fresh_key = jax.random.split(key)`, and both draws are
+  float32 (`dtype=jnp.float32`, also under `jax_enable_x64`), so the
+  candidates and fresh points can be reproduced (e.g. to feed `torch_ref`);
+  every implementation draws them bit for bit alike. No gradient flows through the
   result. Defaults (P = 12544, 3.0, 0.75) give 37632 candidates, 9408
   uncertain and 3136 fresh points per mask.
 
@@ -467,10 +468,11 @@ def _sample_core(key, logits, num_candidates, num_uncertain, num_fresh,
 
   def plain(key, logits):
     candidate_key, fresh_key = jax.random.split(key)
-    candidates = jax.random.uniform(candidate_key,
-                                    (num_masks, num_candidates, 2))
+    candidates = jax.random.uniform(
+        candidate_key, (num_masks, num_candidates, 2), jnp.float32)
     uncertain = _most_uncertain(logits, candidates, num_uncertain, score)
-    fresh = jax.random.uniform(fresh_key, (num_masks, num_fresh, 2))
+    fresh = jax.random.uniform(fresh_key, (num_masks, num_fresh, 2),
+                               jnp.float32)
     return jnp.concatenate([uncertain, fresh], axis=1)
 
   def xla_cpu(key, logits):

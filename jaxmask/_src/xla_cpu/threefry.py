@@ -5,11 +5,12 @@ reads and writes the whole state from memory; for the 15M candidate
 coordinates of a Mask2Former step that is ~5x slower than one fused
 elementwise pass.
 
-What it must equal: `jax.random.uniform(key, shape)`, bit for bit. `uniform`
-computes the same hash unrolled (the counters, key schedule, rotations and
-float conversion of `jax.random.uniform` under the default
-`jax_threefry_partitionable=True`); keys of other PRNG implementations and
-the non-partitionable mode fall back to `jax.random.uniform` itself.
+What it must equal: `jax.random.uniform(key, shape, jnp.float32)`, bit for
+bit (float32 under `jax_enable_x64` too). `uniform` computes the same hash
+unrolled (the counters, key schedule, rotations and float conversion of
+`jax.random.uniform` under the default `jax_threefry_partitionable=True`);
+keys of other PRNG implementations and the non-partitionable mode fall back
+to `jax.random.uniform` itself.
 """
 
 import math
@@ -87,7 +88,7 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
 
 
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Same as `jax.random.uniform(key, shape)`: float32 in [0, 1)."""
+  """Same as `jax.random.uniform(key, shape, jnp.float32)`: in [0, 1)."""
   if not can_draw_rows(key, shape):
-    return jax.random.uniform(key, shape)
+    return jax.random.uniform(key, shape, jnp.float32)
   return uniform_rows(key, shape, 0)
