@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -34,6 +35,18 @@ def threshold_update(t, state, probs, **kw):
   return t.update(state, probs, **kw)
 
 
+def _exit_with_parent():
+  """Exits if the test process dies (it kills the workers; this covers SIGKILL)."""
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(2)
+
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--port", type=int, required=True)
@@ -42,6 +55,7 @@ def main():
   parser.add_argument("--output", required=True)
   args = parser.parse_args()
   started = time.monotonic()
+  _exit_with_parent()
 
   def log(what):  # to stdout_I.txt: where the time went
     print(f"process {args.process_id}: {what} done at"
