@@ -559,9 +559,10 @@ def freematch(
   one_minus_m = 1.0 - m  # in float64, as USB's `(1 - self.m)`
 
   def init() -> FreeMatchState:
+    # Three buffers: a state whose fields share one cannot be donated.
     p_model = _uniform(num_classes)
     return FreeMatchState(time_p=_mean(p_model), p_model=p_model,
-                          label_hist=p_model)
+                          label_hist=_uniform(num_classes))
 
   def update(state, probs, *, indices=None, axis_name=None):
     _checked_state(state, FreeMatchState, {
