@@ -60,6 +60,11 @@ class ConfidenceThreshold(NamedTuple):
     needs them; the others check their shape and ignore them); `axis_name`,
     inside `shard_map`/`pmap`, the mapped batch axis, over which every
     statistic is that of the global batch. `out` is a `ThresholdOutput`.
+
+  The state may hold NumPy arrays (a checkpoint restored by `np.load` or
+  orbax); a field of another shape is a `ValueError`, of another dtype a
+  `TypeError`, naming the field. Every `init()` returns distinct buffers,
+  so the state can be donated (`jax.jit(update, donate_argnums=...)`).
   """
 
   init: Callable[[], Any]
@@ -94,6 +99,15 @@ class SoftMatchState(NamedTuple):
   p_model: jax.Array  # [num_classes] float32: EMA of the batch-mean probabilities
   mu: jax.Array  # [] float32: EMA of the mean confidence (of aligned probs)
   var: jax.Array  # [] float32: EMA of its unbiased variance
+
+
+# Every field's dtype, as `init()` makes it (and `update` keeps it).
+_STATE_DTYPES = {
+    FlexMatchState: {"selected_label": jnp.int32, "classwise_acc": jnp.float32},
+    FreeMatchState: dict.fromkeys(FreeMatchState._fields, jnp.float32),
+    SoftMatchState: {"count": jnp.int32, "p_model": jnp.float32,
+                     "mu": jnp.float32, "var": jnp.float32},
+}
 
 
 # ---------------------------------------------------------------------------
@@ -148,14 +162,30 @@ def _checked_indices(indices, batch: int, num_unlabelled: int | None = None):
   return indices.astype(jnp.int32)
 
 
-def _checked_state(state, cls, shapes: dict) -> None:
+def _checked_state(state, cls, shapes: dict):
+  """`state` with every field a JAX array of its shape and dtype.
+
+  A restored checkpoint may hold NumPy arrays (`np.load`, orbax): they are
+  taken as they are. A field of another shape is a ValueError, of another
+  dtype (or not an array) a TypeError, naming the field.
+  """
   if not isinstance(state, cls):
     raise TypeError(f"state must be a {cls.__name__} (from init()), got"
                     f" {type(state).__name__}.")
+  fields = {}
   for name, shape in shapes.items():
-    if jnp.shape(getattr(state, name)) != shape:
+    value, dtype = getattr(state, name), _STATE_DTYPES[cls][name]
+    if not hasattr(value, "dtype") or isinstance(value, (str, bytes)):
+      raise TypeError(f"state.{name} must be a {dtype.__name__} array (as"
+                      f" init() makes it), got {type(value).__name__}.")
+    if jnp.shape(value) != shape:
       raise ValueError(f"state.{name} must have shape {shape} for this"
-                       f" threshold, got {jnp.shape(getattr(state, name))}.")
+                       f" threshold, got {jnp.shape(value)}.")
+    if value.dtype != dtype:
+      raise TypeError(f"state.{name} must have dtype {dtype.__name__} (as"
+                      f" init() makes it), got {value.dtype}.")
+    fields[name] = jnp.asarray(value)
+  return cls(**fields)
 
 
 # ---------------------------------------------------------------------------
@@ -454,7 +484,7 @@ def flexmatch(
         classwise_acc=jnp.zeros((num_classes,), jnp.float32))
 
   def update(state, probs, *, indices=None, axis_name=None):
-    _checked_state(state, FlexMatchState, {
+    state = _checked_state(state, FlexMatchState, {
         "selected_label": (num_unlabelled,), "classwise_acc": (num_classes,)})
     probs = _checked_probs(probs, num_classes)
     if indices is None:
@@ -565,7 +595,7 @@ def freematch(
                           label_hist=_uniform(num_classes))
 
   def update(state, probs, *, indices=None, axis_name=None):
-    _checked_state(state, FreeMatchState, {
+    state = _checked_state(state, FreeMatchState, {
         "time_p": (), "p_model": (num_classes,), "label_hist": (num_classes,)})
     probs = _checked_probs(probs, num_classes)
     _checked_indices(indices, probs.shape[0])
@@ -656,7 +686,7 @@ def freematch_fairness_loss(
   if mask.shape != (batch,):
     raise ValueError(f"mask must have shape [batch] = ({batch},), got"
                      f" {mask.shape}.")
-  _checked_state(state, FreeMatchState, {
+  state = _checked_state(state, FreeMatchState, {
       "time_p": (), "p_model": (num_classes,), "label_hist": (num_classes,)})
   dtype = logits.dtype
 
@@ -778,7 +808,7 @@ def softmatch(
         var=jnp.asarray(1.0, jnp.float32))
 
   def update(state, probs, *, indices=None, axis_name=None):
-    _checked_state(state, SoftMatchState, {
+    state = _checked_state(state, SoftMatchState, {
         "count": (), "p_model": (num_classes,), "mu": (), "var": ()})
     probs = _checked_probs(probs, num_classes)
     _checked_indices(indices, probs.shape[0])
