@@ -82,7 +82,7 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
   Subnormals: XLA:CPU reads and writes float32 subnormals (magnitudes below
   2**-126) as zero (denormals-are-zero, flush-to-zero). The exactness holds
   where the values, their differences and the weight are zero or normal;
-  `tests/test_properties.py` records the subnormal cases that differ.
+  `tests/percentile/test_percentile_properties.py` records the subnormal cases that differ.
 
   Args:
     values: `[n]` floating array, `n >= 1`; half precision is upcast to
