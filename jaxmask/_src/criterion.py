@@ -91,6 +91,9 @@ def _check_matching_inputs(class_logits, mask_logits, target_labels,
   if not jnp.issubdtype(target_labels.dtype, jnp.integer):
     raise TypeError("target_labels must have an integer dtype, got"
                     f" {target_labels.dtype}.")
+  if jnp.issubdtype(target_masks.dtype, jnp.complexfloating):
+    raise TypeError("target_masks must be real (bool, integer or floating),"
+                    f" got {target_masks.dtype}.")
   if class_logits.shape[-1] < 2:
     raise ValueError("class_logits must have K + 1 >= 2 classes (the last is"
                      f" no-object), got shape {class_logits.shape}.")

@@ -224,7 +224,7 @@ HOSTILE = {
              mask_logits=_bad_array((2, 1, 3, 3, 4), also=(
                  jnp.zeros((1, 1, 3, 3, 4)), jnp.zeros((2, 2, 3, 3, 4)))),
              target_labels=st.sampled_from((
-                 jnp.array([[0, 2]]), jnp.array([[-1, 0]]), jnp.array([[0.0, 1.0]]),
+                 jnp.array([[2, 0]]), jnp.array([[-1, 0]]), jnp.array([[0.0, 1.0]]),
                  jnp.zeros((1, 3), jnp.int32), jnp.zeros(2, jnp.int32))),
              target_masks=st.sampled_from((
                  jnp.full((1, 2, 4, 4), 2.0), jnp.ones((1, 3, 4, 4)),
