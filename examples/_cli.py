@@ -7,6 +7,10 @@ which names a mistake as the flag (`--eval-every`) on the command line and as th
 (`eval_every`) in Python. `Command` runs an example's `train(settings)` from its command line:
 every flag and `--out` are checked before any work starts, and a bad one exits with argparse's
 error (status 2) naming it.
+
+An example whose settings also subclass `Cluster` runs as one of N JAX processes (one per host,
+or per GPU): `Checks.cluster` checks those flags and joins the processes with
+`jax.distributed.initialize`; only process 0 makes `--out` and reports (`Command.main_process`).
 """
 
 import argparse
@@ -50,6 +54,26 @@ class Training:
   weight_decay: float = flag(1e-4, "AdamW's weight decay, in [0, 1]")
 
 
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+  """The flags that make a run one of N JAX processes (checked, and the processes joined, by
+  `Checks.cluster`)."""
+
+  num_processes: int = flag(
+      1, "processes of the run (one per host, or per GPU); with N > 1 they join through "
+      "jax.distributed and every batch is split over the devices of all N; "
+      "examples/launch_local.py starts N on this machine")
+  process_id: int = flag(
+      0, "this process's id, in [0, --num-processes); process 0 prints and writes the results")
+  coordinator: str | None = flag(
+      None, "HOST:PORT where process 0 listens for the others; needed with --num-processes > 1",
+      metavar="HOST:PORT")
+  distributed: str | None = flag(
+      None, "'auto': join the processes that a launcher describes (srun under SLURM, mpirun "
+      "under Open MPI, a TPU pod slice): jax.distributed.initialize() without arguments, "
+      "instead of --num-processes, --process-id and --coordinator", choices=("auto",))
+
+
 def make_parser(settings_type, doc: str, name: str, files: str) -> argparse.ArgumentParser:
   """A flag for each field of the dataclass `settings_type` (made by `flag`), and `--out`
   (default `results/<name>`, the directory for `files`); described by the first paragraph of
@@ -60,7 +84,9 @@ def make_parser(settings_type, doc: str, name: str, files: str) -> argparse.Argu
   """
   parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  for field in dataclasses.fields(settings_type):
+  cluster = {field.name for field in dataclasses.fields(Cluster)}
+  # `Cluster`'s flags last, in --help too.
+  for field in sorted(dataclasses.fields(settings_type), key=lambda f: f.name in cluster):
     options = dict(field.metadata, default=field.default)
     kind = field.type
     if isinstance(kind, types.UnionType):  # `T | None`: T.
@@ -152,15 +178,64 @@ class Checks:
     self.number("learning_rate", 0.0, 1.0, open_low=True)
     self.number("weight_decay", 0.0, 1.0)
 
-  def devices(self, available: int, *, divide: tuple[str, ...] = ()) -> int:
-    """The number of devices to use (0: all `available`), which divides the `divide` fields."""
+  def devices(self, available: int, *, divide: tuple[str, ...] = (), processes: int = 1) -> int:
+    """The number of devices to use per process (0: all `available`); `devices * processes`
+    divides the `divide` fields."""
     value = self.integer("devices", 0, available, why="0: all the local devices")
     devices = value or available
     for field in divide:
-      if getattr(self.settings, field) % devices:
+      if getattr(self.settings, field) % (devices * processes):
+        by = (f"{self.name('devices')} ({devices})" if processes == 1 else
+              f"{self.name('devices')} x the processes ({devices} x {processes})")
         raise ValueError(f"{self.name(field)} ({getattr(self.settings, field)}) must be "
-                         f"divisible by {self.name('devices')} ({devices}).")
+                         f"divisible by {by}.")
     return devices
+
+  def cluster(self) -> None:
+    """The fields of `Cluster`; then, for a run of several processes, joins them (once per
+    process: `jax.distributed.initialize`, which must come before any other JAX call).
+
+    Every other field should be checked first: joining waits for the other processes.
+    """
+    s = self.settings
+    processes = self.integer("num_processes")
+    self.integer("process_id", 0, processes - 1, why=f"{self.name('num_processes')} is "
+                 f"{processes}")
+    if s.distributed is not None:
+      if s.distributed != "auto":
+        raise ValueError(f"{self.name('distributed')} must be 'auto' or None, got "
+                         f"{s.distributed!r}.")
+      if processes != 1 or s.process_id != 0 or s.coordinator is not None:
+        raise ValueError(f"{self.name('distributed')} auto reads the processes from the "
+                         f"launcher: drop {self.name('num_processes')}, "
+                         f"{self.name('process_id')} and {self.name('coordinator')}.")
+    elif s.coordinator is not None:
+      host, _, port = str(s.coordinator).rpartition(":")
+      if not isinstance(s.coordinator, str) or not host or not (
+          port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{self.name('coordinator')} must be HOST:PORT with a port in "
+                         f"[1, 65535], got {s.coordinator!r}.")
+      if processes == 1:
+        raise ValueError(f"{self.name('coordinator')} is for {self.name('num_processes')} "
+                         "> 1.")
+    elif processes > 1:
+      raise ValueError(f"{self.name('num_processes')} {processes} needs "
+                       f"{self.name('coordinator')} (process 0's HOST:PORT).")
+    if processes == 1 and s.distributed is None:
+      return
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.distributed.is_initialized():  # Joined already (`resolved()` runs twice).
+      if s.distributed is None and (jax.process_count(), jax.process_index()) != (
+          processes, s.process_id):
+        raise ValueError(f"this process is process {jax.process_index()} of "
+                         f"{jax.process_count()} already, not {self.name('process_id')} "
+                         f"{s.process_id} of {processes}.")
+      return
+    if s.distributed == "auto":
+      jax.distributed.initialize()
+    else:  # Only the flags: no SLURM or MPI variable steers the processes.
+      jax.distributed.initialize(coordinator_address=s.coordinator, num_processes=processes,
+                                 process_id=s.process_id, cluster_detection_method="deactivate")
 
 
 def check_out(out: str) -> None:
@@ -203,6 +278,8 @@ class Command(NamedTuple):
   files: str
   train: Callable[[Any], dict[str, Any]]
   report: Callable[[dict[str, Any], str], None]
+  # Whether this process makes `--out` and reports: process 0 of a multi-process run.
+  main_process: Callable[[], bool] = lambda: True
 
   def build_parser(self) -> argparse.ArgumentParser:
     return make_parser(self.settings_type, self.doc, self.name, self.files)
@@ -212,13 +289,21 @@ class Command(NamedTuple):
     return parse(self.build_parser(), argv, self.settings_type)
 
   def main(self, argv=None) -> int:
-    """Checks every flag and `--out`, makes `--out`, trains, reports."""
+    """Checks every flag and `--out`, makes `--out`, trains, reports; a process other than the
+    main one sends its stdout to /dev/null and neither makes `--out` nor reports."""
     settings, out = self.parse_args(argv)
-    try:
-      os.makedirs(out, exist_ok=True)
-    except OSError as e:
-      self.build_parser().error(f"--out {out!r} cannot be created: {e.strerror}.")
-    self.report(self.train(settings), out)
+    main_process = self.main_process()
+    if main_process:
+      try:
+        os.makedirs(out, exist_ok=True)
+      except OSError as e:
+        self.build_parser().error(f"--out {out!r} cannot be created: {e.strerror}.")
+    else:  # Its output (gloo's too) would repeat process 0's; its errors still show.
+      sys.stdout.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+    results = self.train(settings)
+    if main_process:
+      self.report(results, out)
     return 0
 
 

@@ -43,6 +43,25 @@ global batch. Random draws are made for the global batch, so N devices train
 exactly as one does (up to float rounding). To simulate 8 devices on a CPU, set
 `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
 
+Across N processes (hosts, or GPUs with one process each), the mesh spans
+`--devices` devices of every process (all their local devices with
+`--devices 0`). Every process draws the same global batches and keys, gathers
+its own block of each batch's rows and feeds it to its devices
+(`jax.make_array_from_process_local_data`); the state is replicated. So N
+processes of D devices train as one process of N x D devices does (up to float
+rounding: the collectives may sum in another order). Only process 0 prints
+and writes `--out`; the others print only errors. Start every process with the
+same flags but `--process-id`, explicitly (process 0 listens at HOST:PORT):
+  python examples/semi_supervised.py --num-processes 2 --process-id 0 \
+      --coordinator HOST:PORT --devices 0     # on host 0; on host 1: --process-id 1
+or under a launcher that `jax.distributed.initialize()` reads (SLURM's srun,
+Open MPI's mpirun, a TPU pod slice), with `--distributed auto`:
+  srun --ntasks-per-node=8 --gpus-per-node=8 python examples/semi_supervised.py \
+      --distributed auto --devices 0
+On one machine, `examples/launch_local.py` starts N CPU processes (gloo):
+  python examples/launch_local.py -n 2 --devices-per-process 2 \
+      examples/semi_supervised.py --quick --method flexmatch --devices 0
+
 Usage (from the repository root, with jaxmask importable: `pip install -e
 ".[examples]"` or `PYTHONPATH=.`):
   python examples/semi_supervised.py                 # the main methods, 3 seeds
@@ -60,6 +79,7 @@ prints and writes to `results.json`, and writes nothing itself.
 
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 import time
@@ -71,6 +91,7 @@ import numpy as np
 import optax
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from sklearn import datasets
@@ -121,15 +142,19 @@ QUICK = dict(seeds=1, steps=100, eval_every=25)
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings(_cli.Training):
+class Settings(_cli.Training, _cli.Cluster):
   """The command line's flags (but `--out`): what `train` runs.
 
-  Also `_cli.Training`'s `seeds`, `eval_every` and `weight_decay`.
+  Also `_cli.Training`'s `seeds`, `eval_every` and `weight_decay`, and
+  `_cli.Cluster`'s `num_processes`, `process_id`, `coordinator` and
+  `distributed`.
 
   `resolved()` applies `quick` (the `QUICK` preset; every method unless `method`
   is given), expands `method` (None: `DEFAULT_METHODS`; "all": `METHODS`) and
   `devices` (0: every local device), and checks every field: a bad one raises a
   ValueError (TypeError for a wrong type) naming it, as a flag if `as_flags`.
+  With several processes it joins them (`jax.distributed.initialize`) after
+  every other check and before checking `devices`, this process's devices.
   """
 
   method: tuple[str, ...] | None = _cli.flag(
@@ -161,7 +186,9 @@ class Settings(_cli.Training):
   fairness_weight: float = _cli.flag(
       0.01, "freematch: weight of the fairness loss (USB's ent_loss_ratio)")
   devices: int = _cli.flag(
-      1, "local devices to split each batch over (0: all)")
+      1, "local devices to split each batch over (0: all); with several "
+      "processes, each process's (every batch is split over this many times "
+      "--num-processes)")
   quick: bool = _cli.flag(
       False, "a smoke run: 1 seed, 100 steps, every method unless --method "
       "is given")
@@ -190,8 +217,10 @@ class Settings(_cli.Training):
     checks.number("p_cutoff", 0.0, 1.0, open_low=True)
     checks.number("threshold_momentum", 0.0, 1.0)
     checks.weight("fairness_weight")
+    checks.cluster()  # Last: it may wait for the other processes.
     devices = checks.devices(jax.local_device_count(),
-                             divide=("batch_size", "unlabelled_batch_size"))
+                             divide=("batch_size", "unlabelled_batch_size"),
+                             processes=jax.process_count())
     return dataclasses.replace(s, method=tuple(method), devices=devices)
 
 
@@ -440,7 +469,7 @@ def train_step(config: Config, graphdef, state: TrainState, batch, key,
     # the mask; the threshold's state is updated on this (global) batch.
     probs = jax.nn.softmax(lax.stop_gradient(teacher(x_weak)), axis=-1)
     targets, threshold_state = threshold.update(
-        state.threshold, probs, indices=batch["indices"], axis_name=axis_name)
+        probs, state.threshold, indices=batch["indices"], axis_name=axis_name)
 
   def loss_fn(params):
     student = nnx.merge(graphdef, params)
@@ -477,21 +506,48 @@ def train_step(config: Config, graphdef, state: TrainState, batch, key,
   return TrainState(params, teacher, opt_state, threshold_state), metrics
 
 
-def sample_batch(key: jax.Array, data, config: Config, axis_name=None):
-  """Draws a labelled and an unlabelled batch (with replacement).
+def draw_batches(config: Config, keys: jax.Array, num_labelled: int,
+                 num_unlabelled: int):
+  """The random draws of a chunk of `config.eval_every` steps, every seed's.
 
-  `indices` are the unlabelled images' rows in `data["x_unlabelled"]`. With
-  `axis_name`, returns this device's shard of the global batch.
+  `keys` is one key per seed. Returns `(step_keys, labelled, unlabelled)`,
+  `[seeds, steps]` keys for `train_step` and the rows of each step's global
+  batches (drawn with replacement): `[seeds, steps, batch_size]` labelled and
+  `[seeds, steps, unlabelled_batch_size]` unlabelled images.
   """
-  labelled_key, unlabelled_key = jax.random.split(key)
-  i = local_rows(jax.random.randint(labelled_key, (config.batch_size,), 0,
-                                    data["y_labelled"].shape[0]), axis_name)
-  j = local_rows(
-      jax.random.randint(unlabelled_key, (config.unlabelled_batch_size,), 0,
-                         data["x_unlabelled"].shape[0]), axis_name)
-  return dict(x_labelled=data["x_labelled"][i],
-              y_labelled=data["y_labelled"][i],
-              x_unlabelled=data["x_unlabelled"][j], indices=j)
+  def one_step(key):
+    batch_key, step_key = jax.random.split(key)
+    labelled_key, unlabelled_key = jax.random.split(batch_key)
+    labelled = jax.random.randint(labelled_key, (config.batch_size,), 0,
+                                  num_labelled)
+    unlabelled = jax.random.randint(
+        unlabelled_key, (config.unlabelled_batch_size,), 0, num_unlabelled)
+    return step_key, labelled, unlabelled
+
+  one_seed = lambda key: jax.vmap(one_step)(
+      jax.random.split(key, config.eval_every))
+  return jax.vmap(one_seed)(keys)
+
+
+def process_batches(data, labelled: np.ndarray, unlabelled: np.ndarray,
+                    part: int, parts: int) -> dict[str, np.ndarray]:
+  """The images that process `part` of `parts` feeds for a chunk's batches.
+
+  `labelled` and `unlabelled` are `draw_batches`' rows of every global batch,
+  `[seeds, steps, n]`; the process gathers block `part` of `parts` equal,
+  contiguous blocks of them from its copy of the data. (Every process has the
+  digits; a real input pipeline would read only these images.) `indices` are
+  the unlabelled images' rows in `data["x_unlabelled"]` (FlexMatch's).
+  """
+  def block(rows):
+    n = rows.shape[-1] // parts
+    return rows[..., part * n:(part + 1) * n]
+
+  i, j = block(labelled), block(unlabelled)
+  seed = np.arange(i.shape[0])[:, None, None]
+  return dict(x_labelled=data["x_labelled"][seed, i],
+              y_labelled=data["y_labelled"][seed, i],
+              x_unlabelled=data["x_unlabelled"][seed, j], indices=j)
 
 
 def accuracy(graphdef, params, x, y) -> jax.Array:
@@ -499,27 +555,42 @@ def accuracy(graphdef, params, x, y) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def train_chunk(config: Config, graphdef, state, data, test, key,
+def train_chunk(config: Config, graphdef, state, batches, step_keys, test,
                 axis_name=None):
   """`config.eval_every` steps for every seed, then the test accuracy.
 
-  `state` and `data` carry a leading seed axis; `key` is one key per seed.
-  With `axis_name`, each device trains on its shard of every batch.
+  `state`, `batches` (`[seeds, steps, batch, ...]`, as `process_batches`) and
+  `step_keys` (`[seeds, steps]`, as raw key data) carry a leading seed axis.
+  With `axis_name`, `batches` holds this device's rows of every batch.
   """
-  def one_seed(state, data, key):
-    def body(state, step_key):
-      batch_key, step_key = jax.random.split(step_key)
-      batch = sample_batch(batch_key, data, config, axis_name)
-      return train_step(config, graphdef, state, batch, step_key, axis_name)
+  def one_seed(state, batches, step_keys):
+    def body(state, inputs):
+      batch, key_data = inputs
+      return train_step(config, graphdef, state, batch,
+                        jax.random.wrap_key_data(key_data), axis_name)
 
-    keys = jax.random.split(key, config.eval_every)
-    state, metrics = jax.lax.scan(body, state, keys)
+    state, metrics = jax.lax.scan(body, state, (batches, step_keys))
     metrics = jax.tree.map(jnp.mean, metrics)
     eval_params = state.teacher if config.teacher == "ema" else state.params
     metrics["accuracy"] = accuracy(graphdef, eval_params, test["x"], test["y"])
     return state, metrics
 
-  return jax.vmap(one_seed)(state, data, key)
+  return jax.vmap(one_seed)(state, batches, step_keys)
+
+
+def data_mesh(devices: int) -> Mesh:
+  """A mesh whose one axis, `data`, spans the first `devices` local devices of
+  every process, ordered by process: process p's devices hold block p of the
+  rows of every batch, the block that `process_batches` gives it."""
+  ordered = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  by_process = itertools.groupby(ordered, key=lambda d: d.process_index)
+  return Mesh(np.array([d for _, local in by_process
+                        for d in list(local)[:devices]]), ("data",))
+
+
+def main_process() -> bool:
+  """Whether this process prints and writes: process 0 (of 1 or more)."""
+  return jax.process_index() == 0
 
 
 def run_method(config: Config, graphdef, params, data, keys: jax.Array,
@@ -527,7 +598,8 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
   """Trains one method for every seed at once; returns its history.
 
   `params` (the initial parameters) and `keys` carry a leading seed axis.
-  With `devices > 1`, every batch is split over that many local devices.
+  Every batch is split over `devices` local devices of each process (of
+  `jax.process_count()`, all of them running this with the same arguments).
 
   `xla_opt_level` is XLA's backend optimisation level: compiling dominates
   short runs, and level 1 compiles about twice as fast as the default (2) with
@@ -535,36 +607,51 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
   """
   start = time.perf_counter()
   chunk_fn = functools.partial(train_chunk, config, graphdef)
-  put = jnp.asarray
-  if devices > 1:
-    # Everything is replicated; each device slices its shard of every batch.
-    mesh = jax.make_mesh((devices,), ("data",),
-                         devices=jax.local_devices()[:devices])
+  mesh = data_mesh(devices)
+  processes, me = jax.process_count(), jax.process_index()
+  put = feed = jnp.array  # A copy: `state` is donated, `params` reused.
+  if mesh.size > 1:
+    # The state and the test set are replicated; each process feeds its rows
+    # of every batch to its devices (`process_batches`).
     chunk_fn = jax.shard_map(
         functools.partial(chunk_fn, axis_name="data"), mesh=mesh,
-        in_specs=P(), out_specs=P(), check_vma=False)
-    put = lambda x: jax.device_put(x, NamedSharding(mesh, P()))
+        in_specs=(P(), P(None, None, "data"), P(), P()), out_specs=P(),
+        check_vma=False)
+    replicated = NamedSharding(mesh, P())
+    put = lambda x: jax.make_array_from_process_local_data(
+        replicated, np.array(x))
+    feed = lambda x: jax.make_array_from_process_local_data(
+        NamedSharding(mesh, P(None, None, "data")), x,
+        (*x.shape[:2], x.shape[2] * processes, *x.shape[3:]))
   chunk_fn = jax.jit(
       chunk_fn, donate_argnums=0,
       compiler_options=dict(xla_backend_optimization_level=xla_opt_level))
-  copy = lambda tree: jax.tree.map(lambda x: put(jnp.copy(x)), tree)
+  draw = jax.jit(functools.partial(
+      draw_batches, config, num_labelled=data["y_labelled"].shape[1],
+      num_unlabelled=data["x_unlabelled"].shape[1]))
+  copy = lambda tree: jax.tree.map(put, tree)
   threshold = make_threshold(config)
   seeds = jax.tree.leaves(params)[0].shape[0]
   threshold_state = None if threshold is None else jax.tree.map(
       lambda x: jnp.broadcast_to(x, (seeds, *x.shape)), threshold.init())
-  state = TrainState(copy(params), copy(params),  # `state` is donated.
+  state = TrainState(copy(params), copy(params),
                      copy(jax.vmap(make_optimizer(config).init)(params)),
                      copy(threshold_state))
-  seed_data = {k: put(data[k])
-               for k in ("x_labelled", "y_labelled", "x_unlabelled")}
   test = dict(x=put(data["x_test"]), y=put(data["y_test"]))
   history = dict(step=[], accuracy=[], loss=[], labelled_loss=[],
                  unlabelled_loss=[], fairness_loss=[], kept=[])
   chunks = config.steps // config.eval_every
-  with _cli.progress(config.steps, f"{config.method:>12}") as bar:
+  with _cli.progress(config.steps, f"{config.method:>12}",
+                     disable=not main_process()) as bar:
     for chunk in range(chunks):
-      chunk_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, chunk)
-      state, metrics = chunk_fn(state, seed_data, test, put(chunk_keys))
+      # Every process draws the same global batches and keys.
+      step_keys, labelled, unlabelled = draw(
+          jax.vmap(jax.random.fold_in, (0, None))(keys, chunk))
+      batches = process_batches(data, *jax.device_get((labelled, unlabelled)),
+                                part=me, parts=processes)
+      state, metrics = chunk_fn(
+          state, jax.tree.map(feed, batches),
+          put(jax.random.key_data(step_keys)), test)
       metrics = jax.device_get(metrics)
       history["step"].append((chunk + 1) * config.eval_every)
       for name, value in metrics.items():
@@ -585,7 +672,10 @@ def train(settings: Settings) -> dict[str, Any]:
 
   Runs here, in the caller's process (a notebook's kernel, say), on its local
   devices, and writes nothing. A bad setting raises a ValueError (or
-  TypeError) naming it, e.g. `devices` beyond the local devices.
+  TypeError) naming it, e.g. `devices` beyond the local devices. With
+  `num_processes > 1` (or `distributed="auto"`), every process calls this
+  with the same settings but `process_id`; each gets the same results, and
+  only process 0 prints.
 
   Returns `dict(config=<the resolved settings>, results={method: ...})`, what
   `results.json` holds (see `summarise`).
@@ -593,10 +683,13 @@ def train(settings: Settings) -> dict[str, Any]:
   settings = settings.resolved()
   seeds = list(range(settings.seeds))
   data = load_data(settings.labels_per_class, seeds)
-  print(f"digits: {data['y_labelled'].shape[1]} labelled, "
-        f"{data['x_unlabelled'].shape[1]} unlabelled, "
-        f"{len(data['y_test'])} test images; seeds {seeds}; "
-        f"{settings.devices} {jax.devices()[0].platform} device(s)")
+  processes = jax.process_count()
+  if main_process():
+    print(f"digits: {data['y_labelled'].shape[1]} labelled, "
+          f"{data['x_unlabelled'].shape[1]} unlabelled, "
+          f"{len(data['y_test'])} test images; seeds {seeds}; "
+          f"{settings.devices} {jax.devices()[0].platform} device(s)"
+          + (f" in each of {processes} processes" if processes > 1 else ""))
   # Every method starts from the same parameters and draws the same keys.
   init_keys, train_keys = jnp.unstack(
       jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds]),
@@ -636,7 +729,8 @@ def summarise(settings: Settings, data, histories) -> dict[str, Any]:
   """Per method: final test accuracy per seed, mean, std and the history.
 
   `all-labels` trains on every training label: its `labels_per_class` is
-  None and `num_labels` the training set's size.
+  None and `num_labels` the training set's size. `devices` counts those of
+  all `processes`.
   """
   results = {}
   for method, history in histories.items():
@@ -650,7 +744,9 @@ def summarise(settings: Settings, data, histories) -> dict[str, Any]:
                        data["y_labelled"].shape[1]),
         steps=settings.steps,
         wall_seconds=history["wall_seconds"],
-        seeds=list(range(settings.seeds)), devices=settings.devices,
+        seeds=list(range(settings.seeds)),
+        devices=settings.devices * jax.process_count(),
+        processes=jax.process_count(),
         history={k: v for k, v in history.items() if k != "wall_seconds"})
   return results
 
@@ -703,7 +799,8 @@ def report(results: dict[str, Any], out: str) -> None:
 
 # The command line: `parse_args(argv) -> (settings, out)`, `main(argv) -> 0`.
 COMMAND = _cli.Command(Settings, __doc__, "semi_supervised",
-                       "results.json and accuracy.png", train, report)
+                       "results.json and accuracy.png", train, report,
+                       main_process)
 build_parser, parse_args, main = (COMMAND.build_parser, COMMAND.parse_args,
                                   COMMAND.main)
 

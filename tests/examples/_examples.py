@@ -23,14 +23,19 @@ def load(name: str):
   return importlib.import_module(name)
 
 
-def run_quick(name: str, out: pathlib.Path, timeout: int = 300) -> str:
-  """`python examples/<name>.py --quick --out out` in a subprocess, with the
-  repository importable; asserts it exits 0 and returns its stdout."""
+def subprocess_env() -> dict[str, str]:
+  """This environment, with the repository importable (for `python examples/...`)."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+  return env
+
+
+def run_quick(name: str, out: pathlib.Path, timeout: int = 300) -> str:
+  """`python examples/<name>.py --quick --out out` in a subprocess, with the
+  repository importable; asserts it exits 0 and returns its stdout."""
   proc = subprocess.run(
       [sys.executable, str(script(name)), "--quick", "--out", str(out)],
-      capture_output=True, text=True, env=env, timeout=timeout, check=False)
+      capture_output=True, text=True, env=subprocess_env(), timeout=timeout, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout

@@ -53,6 +53,23 @@ BAD = {
         (["--devices", str(DEVICES + 1)],
          f"--devices must be an integer in [0, {DEVICES}] (0: all the local devices)"),
         (["--devices", "3"], "--batch-size (32) must be divisible by --devices (3)"),
+        (["--num-processes", "0"], "--num-processes must be an integer in [1, "),
+        (["--num-processes", "2"], "--num-processes 2 needs --coordinator (process 0's HOST:PORT)"),
+        (["--process-id", "1"],
+         "--process-id must be an integer in [0, 0] (--num-processes is 1), got 1"),
+        (["--process-id", "2", "--num-processes", "2", "--coordinator", "localhost:1234"],
+         "--process-id must be an integer in [0, 1] (--num-processes is 2), got 2"),
+        (["--coordinator", "localhost", "--num-processes", "2"],
+         "--coordinator must be HOST:PORT with a port in [1, 65535], got 'localhost'"),
+        (["--coordinator", "localhost:65536", "--num-processes", "2"],
+         "--coordinator must be HOST:PORT with a port in [1, 65535], got 'localhost:65536'"),
+        (["--coordinator", ":1234", "--num-processes", "2"],
+         "--coordinator must be HOST:PORT with a port in [1, 65535], got ':1234'"),
+        (["--coordinator", "localhost:1234"], "--coordinator is for --num-processes > 1"),
+        (["--distributed", "auto", "--num-processes", "2"],
+         "--distributed auto reads the processes from the launcher: drop --num-processes, "
+         "--process-id and --coordinator"),
+        (["--distributed", "slurm"], "invalid choice: 'slurm'"),
         (["--method", "mixmatch"], "invalid choice: 'mixmatch'"),
         (["--method"], "expected at least one argument"),
         (["--teacher", "peer"], "invalid choice: 'peer'"),
@@ -190,6 +207,10 @@ def test_list_flags_take_several_values():
     ("semi_supervised", "steps", 2.5, TypeError),
     ("semi_supervised", "method", ("mixmatch",), ValueError),
     ("semi_supervised", "teacher", "peer", ValueError),
+    ("semi_supervised", "num_processes", 0, ValueError),
+    ("semi_supervised", "process_id", 1.0, TypeError),
+    ("semi_supervised", "coordinator", 1234, ValueError),
+    ("semi_supervised", "distributed", "slurm", ValueError),
     ("segmentation", "num_points", 0, ValueError),
     ("segmentation", "class_weight", math.inf, ValueError),
     ("segmentation", "layers", True, TypeError),
@@ -200,3 +221,15 @@ def test_settings_name_the_bad_field(name, field, value, error):
   example = _examples.load(name)
   with pytest.raises(error, match=rf"^{field} must be"):
     example.Settings(**{field: value}).resolved()
+
+
+def test_batches_split_over_the_devices_of_every_process():
+  """With several processes, a batch is split over `--devices` x the processes (checked once
+  they have joined; here `Checks.devices` is called with a process count)."""
+  example = _examples.load("semi_supervised")
+  cli = _examples.load("_cli")
+  checks = cli.Checks(example.Settings(batch_size=12, devices=2), as_flags=True)
+  assert checks.devices(8, divide=("batch_size",), processes=3) == 2  # 12 = 2 x 3 x 2
+  with pytest.raises(ValueError, match=r"^--batch-size \(12\) must be divisible by --devices x "
+                     r"the processes \(2 x 4\)\.$"):
+    checks.devices(8, divide=("batch_size",), processes=4)
