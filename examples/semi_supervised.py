@@ -384,11 +384,12 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
-def init_params(keys: jax.Array):
+def init_params(keys: jax.Array, xla_opt_level: int = 2):
   """The network's graph definition and its parameters for each key."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: Net(rngs=nnx.Rngs(0))))
   init = lambda key: nnx.split(Net(rngs=nnx.Rngs(params=key)))[1]
-  return graphdef, jax.jit(jax.vmap(init))(keys)
+  return graphdef, jax.jit(jax.vmap(init), compiler_options=dict(
+      xla_backend_optimization_level=xla_opt_level))(keys)
 
 
 def make_threshold(config: Config) -> jaxmask.ConfidenceThreshold | None:
@@ -628,7 +629,8 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
       compiler_options=dict(xla_backend_optimization_level=xla_opt_level))
   draw = jax.jit(functools.partial(
       draw_batches, config, num_labelled=data["y_labelled"].shape[1],
-      num_unlabelled=data["x_unlabelled"].shape[1]))
+      num_unlabelled=data["x_unlabelled"].shape[1]),
+      compiler_options=dict(xla_backend_optimization_level=xla_opt_level))
   copy = lambda tree: jax.tree.map(put, tree)
   threshold = make_threshold(config)
   seeds = jax.tree.leaves(params)[0].shape[0]
@@ -694,7 +696,9 @@ def train(settings: Settings) -> dict[str, Any]:
   init_keys, train_keys = jnp.unstack(
       jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds]),
       axis=1)
-  graphdef, params = init_params(init_keys)
+  # Compiling dominates a short run: XLA's level 0 compiles fastest (see `run_method`).
+  xla_opt_level = 0 if settings.quick or settings.steps <= QUICK["steps"] else 1
+  graphdef, params = init_params(init_keys, xla_opt_level)
   # `all-labels` trains on every training image, labelled, for every seed.
   stack = lambda x: np.broadcast_to(x, (len(seeds), *x.shape))
   every_label = dict(data, x_labelled=stack(data["x_train"]),
@@ -719,7 +723,7 @@ def train(settings: Settings) -> dict[str, Any]:
     method_data = every_label if method == "all-labels" else data
     histories[method] = run_method(config, graphdef, params, method_data,
                                    train_keys,
-                                   xla_opt_level=0 if settings.quick else 1,
+                                   xla_opt_level=xla_opt_level,
                                    devices=settings.devices)
   return dict(config=dataclasses.asdict(settings),
               results=summarise(settings, data, histories))
