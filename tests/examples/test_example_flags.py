@@ -233,3 +233,26 @@ def test_batches_split_over_the_devices_of_every_process():
   with pytest.raises(ValueError, match=r"^--batch-size \(12\) must be divisible by --devices x "
                      r"the processes \(2 x 4\)\.$"):
     checks.devices(8, divide=("batch_size",), processes=4)
+
+
+@pytest.mark.parametrize("fields, call", [
+    ({}, None),  # one process: no cluster to join
+    ({"distributed": "auto"}, {}),  # everything from the launcher's environment
+    ({"num_processes": 3, "process_id": 2, "coordinator": "10.0.0.1:1234"},
+     dict(coordinator_address="10.0.0.1:1234", num_processes=3, process_id=2,
+          cluster_detection_method="deactivate")),
+])
+def test_cluster_flags_join_through_jax_distributed(fields, call, monkeypatch):
+  """The cluster fields become `jax.distributed.initialize`'s arguments (recorded here, not
+  run: joining would wait for the other processes); joined, nothing is joined again."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  settings = _examples.load("semi_supervised").Settings(**fields)
+  checks = _examples.load("_cli").Checks(settings, as_flags=False)
+  checks.cluster()
+  if call is not None:  # resolved() runs twice: in parse_args, then in train
+    monkeypatch.setattr(jax, "process_count", lambda: settings.num_processes)
+    monkeypatch.setattr(jax, "process_index", lambda: settings.process_id)
+    checks.cluster()
+  assert calls == ([] if call is None else [call])
