@@ -5,7 +5,7 @@ class probabilities, which unlabelled samples (and with what weight) enter the
 consistency loss `mean(ce(strong_logits, pseudo_labels) * mask)`. In USB
 (microsoft/Semi-supervised-learning, `semilearn/algorithms/`) they are hooks
 that mutate state on the algorithm object; here each is an optax-style pair of
-pure functions, `state = t.init()` and `out, state = t.update(state, probs)`,
+pure functions, `state = t.init()` and `out, state = t.update(probs, state)`,
 whose state is a NamedTuple of arrays: a pytree that survives `jit`, `scan`,
 `vmap`, `shard_map` and checkpoints.
 
@@ -17,7 +17,7 @@ the state agrees with USB's to a few float32 ulps per step.
 """
 
 import math
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +50,23 @@ class ThresholdOutput(NamedTuple):
   pseudo_labels: jax.Array  # [batch] int32: argmax of the (unaligned) probs
 
 
+class ThresholdUpdate(Protocol):
+  """The signature of `ConfidenceThreshold.update`."""
+
+  def __call__(self, probs: jax.typing.ArrayLike, state: Any, *,
+               indices: jax.typing.ArrayLike | None = None,
+               axis_name: Any = None) -> tuple["ThresholdOutput", Any]:
+    ...
+
+
 class ConfidenceThreshold(NamedTuple):
   """An adaptive threshold as a pair of pure functions (like `optax`'s).
 
   - `init() -> state`: the initial state, a NamedTuple of arrays.
-  - `update(state, probs, *, indices=None, axis_name=None) -> (out, state)`:
-    `probs [batch, num_classes]` are the weak view's class probabilities;
+  - `update(probs, state, *, indices=None, axis_name=None) -> (out, state)`,
+    in optax's order (input first, then state, as `tx.update(grads,
+    state)`): `probs [batch, num_classes]` are the weak view's class
+    probabilities;
     `indices [batch]` the unlabelled samples' dataset indices (FlexMatch
     needs them; the others check their shape and ignore them); `axis_name`,
     inside `shard_map`/`pmap`, the mapped batch axis, over which every
@@ -64,11 +75,11 @@ class ConfidenceThreshold(NamedTuple):
   The state may hold NumPy arrays (a checkpoint restored by `np.load` or
   orbax); a field of another shape is a `ValueError`, of another dtype a
   `TypeError`, naming the field. Every `init()` returns distinct buffers,
-  so the state can be donated (`jax.jit(update, donate_argnums=...)`).
+  so the state can be donated (`jax.jit(update, donate_argnums=1)`).
   """
 
-  init: Callable[[], Any]
-  update: Callable[..., tuple[ThresholdOutput, Any]]
+  init: Callable[[], Any]  # () -> state: the initial state, a NamedTuple of arrays
+  update: ThresholdUpdate  # (probs, state, *, indices, axis_name) -> (out, state)
 
 
 class EmptyState(NamedTuple):
@@ -304,8 +315,8 @@ def fixmatch(*, p_cutoff: float = 0.95) -> ConfidenceThreshold:
     p_cutoff: the threshold :math:`\tau`, a Python number in (0, 1].
 
   Returns:
-    A `ConfidenceThreshold`: `init()` returns an empty state; `update(state,
-    probs [batch, num_classes], *, indices=None, axis_name=None)` returns
+    A `ConfidenceThreshold`: `init()` returns an empty state; `update(probs
+    [batch, num_classes], state, *, indices=None, axis_name=None)` returns
     `(ThresholdOutput(mask [batch] float32, pseudo_labels [batch] int32),
     state)`. The mask of each sample depends only on its own row, so
     `axis_name` changes nothing.
@@ -314,7 +325,7 @@ def fixmatch(*, p_cutoff: float = 0.95) -> ConfidenceThreshold:
     >>> t = jaxmask.fixmatch(p_cutoff=0.95)
     >>> state = t.init()
     >>> probs = jnp.array([[0.97, 0.03], [0.4, 0.6]])
-    >>> out, state = t.update(state, probs)
+    >>> out, state = t.update(probs, state)
     >>> out.mask, out.pseudo_labels
     (Array([1., 0.], dtype=float32), Array([0, 1], dtype=int32))
   """
@@ -323,7 +334,7 @@ def fixmatch(*, p_cutoff: float = 0.95) -> ConfidenceThreshold:
   def init() -> EmptyState:
     return EmptyState()
 
-  def update(state, probs, *, indices=None, axis_name=None):
+  def update(probs, state, *, indices=None, axis_name=None):
     del axis_name  # per-sample
     probs = _checked_probs(probs, None)
     _checked_indices(indices, probs.shape[0])
@@ -355,15 +366,15 @@ def percentile_threshold(*, q, keep: checks.Keep) -> ConfidenceThreshold:
     keep: `"low"` keeps confidences `<=` the threshold, `"high"` `>=` it.
 
   Returns:
-    A `ConfidenceThreshold`: `init()` returns an empty state; `update(state,
-    probs [batch, num_classes], *, indices=None, axis_name=None)` returns
+    A `ConfidenceThreshold`: `init()` returns an empty state; `update(probs
+    [batch, num_classes], state, *, indices=None, axis_name=None)` returns
     `(ThresholdOutput(mask [batch] float32, pseudo_labels [batch] int32),
     state)`. With `axis_name`, the percentile is that of the global batch.
 
   Example:
     >>> t = jaxmask.percentile_threshold(q=50.0, keep="high")
     >>> probs = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
-    >>> out, _ = t.update(t.init(), probs)  # median confidence 0.8
+    >>> out, _ = t.update(probs, t.init())  # median confidence 0.8
     >>> out.mask
     Array([1., 0., 1.], dtype=float32)
   """
@@ -373,7 +384,7 @@ def percentile_threshold(*, q, keep: checks.Keep) -> ConfidenceThreshold:
   def init() -> EmptyState:
     return EmptyState()
 
-  def update(state, probs, *, indices=None, axis_name=None):
+  def update(probs, state, *, indices=None, axis_name=None):
     probs = _checked_probs(probs, None)
     _checked_indices(indices, probs.shape[0])
     confidence, labels = _max_and_argmax(probs)
@@ -452,7 +463,7 @@ def flexmatch(
   Returns:
     A `ConfidenceThreshold`: `init()` returns a `FlexMatchState`
     (`selected_label [num_unlabelled]` int32 all -1, `classwise_acc
-    [num_classes]` float32 all 0); `update(state, probs [batch, num_classes],
+    [num_classes]` float32 all 0); `update(probs [batch, num_classes], state,
     *, indices, axis_name=None)` returns `(ThresholdOutput(mask [batch]
     float32, pseudo_labels [batch] int32), state)`. `indices [batch]` (int,
     in [0, num_unlabelled)) are required: a `ValueError` names them if
@@ -463,12 +474,12 @@ def flexmatch(
     >>> t = jaxmask.flexmatch(num_classes=2, num_unlabelled=4)
     >>> state = t.init()
     >>> probs = jnp.array([[0.97, 0.03], [0.7, 0.3]])
-    >>> out, state = t.update(state, probs, indices=jnp.array([0, 1]))
+    >>> out, state = t.update(probs, state, indices=jnp.array([0, 1]))
     >>> out.mask  # learning effects all 0: everything passes at first
     Array([1., 1.], dtype=float32)
     >>> state.selected_label, state.classwise_acc  # class 0: 1; unused: 3
     (Array([ 0, -1, -1, -1], dtype=int32), Array([0.33333334, 0.        ], dtype=float32))
-    >>> out, state = t.update(state, probs, indices=jnp.array([2, 3]))
+    >>> out, state = t.update(probs, state, indices=jnp.array([2, 3]))
     >>> out.mask  # threshold for class 0: 0.95 * (1/3) / (2 - 1/3) = 0.19
     Array([1., 1.], dtype=float32)
   """
@@ -483,14 +494,14 @@ def flexmatch(
         selected_label=jnp.full((num_unlabelled,), -1, jnp.int32),
         classwise_acc=jnp.zeros((num_classes,), jnp.float32))
 
-  def update(state, probs, *, indices=None, axis_name=None):
+  def update(probs, state, *, indices=None, axis_name=None):
     state = _checked_state(state, FlexMatchState, {
         "selected_label": (num_unlabelled,), "classwise_acc": (num_classes,)})
     probs = _checked_probs(probs, num_classes)
     if indices is None:
       raise ValueError(
           "flexmatch's update needs indices: the [batch] dataset indices of"
-          " the unlabelled samples (update(state, probs, indices=...)).")
+          " the unlabelled samples (update(probs, state, indices=...)).")
     indices = _checked_indices(indices, probs.shape[0], num_unlabelled)
 
     # The mask, from the previous state.
@@ -568,7 +579,7 @@ def freematch(
   Returns:
     A `ConfidenceThreshold`: `init()` returns a `FreeMatchState` (`time_p []`,
     `p_model [num_classes]`, `label_hist [num_classes]`, all 1/C); `update(
-    state, probs [batch, num_classes], *, indices=None, axis_name=None)`
+    probs [batch, num_classes], state, *, indices=None, axis_name=None)`
     returns `(ThresholdOutput(mask [batch] float32, pseudo_labels [batch]
     int32), state)`.
 
@@ -576,7 +587,7 @@ def freematch(
     >>> t = jaxmask.freematch(num_classes=2, momentum=0.5)
     >>> state = t.init()  # time_p = p_model = label_hist = 1/2
     >>> probs = jnp.array([[0.9, 0.1], [0.6, 0.4]])
-    >>> out, state = t.update(state, probs)
+    >>> out, state = t.update(probs, state)
     >>> state.time_p  # 0.5 * 0.5 + 0.5 * mean(0.9, 0.6)
     Array(0.625, dtype=float32)
     >>> out.mask  # thresholds 0.625 * p_model / max(p_model) = 0.625
@@ -594,7 +605,7 @@ def freematch(
     return FreeMatchState(time_p=_mean(p_model), p_model=p_model,
                           label_hist=_uniform(num_classes))
 
-  def update(state, probs, *, indices=None, axis_name=None):
+  def update(probs, state, *, indices=None, axis_name=None):
     state = _checked_state(state, FreeMatchState, {
         "time_p": (), "p_model": (num_classes,), "label_hist": (num_classes,)})
     probs = _checked_probs(probs, num_classes)
@@ -777,7 +788,7 @@ def softmatch(
   Returns:
     A `ConfidenceThreshold`: `init()` returns a `SoftMatchState` (`count []`
     int32 0, `p_model [num_classes]` 1/C, `mu []` 1/C, `var []` 1);
-    `update(state, probs [batch, num_classes], *, indices=None,
+    `update(probs [batch, num_classes], state, *, indices=None,
     axis_name=None)` returns `(ThresholdOutput(mask [batch] float32 in [0, 1],
     pseudo_labels [batch] int32), state)`.
 
@@ -785,7 +796,7 @@ def softmatch(
     >>> t = jaxmask.softmatch(num_classes=2, momentum=0.5, dist_align=False)
     >>> state = t.init()  # mu = 0.5, var = 1
     >>> probs = jnp.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3]])
-    >>> out, state = t.update(state, probs)
+    >>> out, state = t.update(probs, state)
     >>> state.mu, state.var  # 0.5 * 0.5 + 0.5 * 0.7, 0.5 * 1 + 0.5 * 0.04
     (Array(0.6, dtype=float32), Array(0.52, dtype=float32))
     >>> out.mask.round(4)  # 1 at or above mu; exp(-0.1**2 / (2 * 0.52 / 4)) below
@@ -807,7 +818,7 @@ def softmatch(
         mu=jnp.asarray(1.0 / num_classes, jnp.float32),
         var=jnp.asarray(1.0, jnp.float32))
 
-  def update(state, probs, *, indices=None, axis_name=None):
+  def update(probs, state, *, indices=None, axis_name=None):
     state = _checked_state(state, SoftMatchState, {
         "count": (), "p_model": (num_classes,), "mu": (), "var": ()})
     probs = _checked_probs(probs, num_classes)

@@ -32,7 +32,7 @@ BATCH_FIELDS = ("probs", "confidence", "pseudo_labels", "mask")
 
 def threshold_update(t, state, probs, **kw):
   """`t.update` in today's argument order: the one line to change if it changes."""
-  return t.update(state, probs, **kw)
+  return t.update(probs, state, **kw)
 
 
 def _exit_with_parent():

@@ -135,11 +135,11 @@ def test_adaptive_thresholds_are_global(mesh, name):
   state = t.init()
   replicated = jax.tree.map(lambda _: P(), state)
   sharded_update = jax.jit(jax.shard_map(
-      lambda s, p, i: t.update(s, p, indices=i, axis_name="data"),
+      lambda s, p, i: t.update(p, s, indices=i, axis_name="data"),
       mesh=mesh, in_specs=(replicated, P("data"), P("data")),
       out_specs=(jaxmask.ThresholdOutput(P("data"), P("data")), replicated)))
   pmapped_update = jax.pmap(
-      lambda s, p, i: t.update(s, p, indices=i, axis_name="i"), axis_name="i",
+      lambda s, p, i: t.update(p, s, indices=i, axis_name="i"), axis_name="i",
       in_axes=(None, 0, 0), out_axes=(0, None))
   single_update = jax.jit(t.update)
   rng = np.random.default_rng(0)
@@ -150,7 +150,7 @@ def test_adaptive_thresholds_are_global(mesh, name):
     prev_state = single_state
     got, sharded_state = sharded_update(
         sharded_state, _shard(mesh, probs), _shard(mesh, indices))
-    want, single_state = single_update(single_state, probs, indices=indices)
+    want, single_state = single_update(probs, single_state, indices=indices)
     np.testing.assert_array_equal(got.pseudo_labels, want.pseudo_labels)
     for g, w in zip(jax.tree.leaves(sharded_state), jax.tree.leaves(single_state)):
       np.testing.assert_allclose(g, w, rtol=1e-6, err_msg=f"{name} step {step}")

@@ -78,7 +78,7 @@ M2F_WEIGHTS = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
 
 def threshold_update(t, state, probs, **kw):
   """`t.update` in today's argument order: the one line to change if it changes."""
-  return t.update(state, probs, **kw)
+  return t.update(probs, state, **kw)
 
 
 # --------------------------------------------------------------- the inputs

@@ -61,7 +61,7 @@ def test_fixmatch_keeps_the_cutoff_itself():
   p = np.float32(0.95)
   probs = np.array([[p, 1 - p], [np.nextafter(p, 0), 0.05], [0.2, 0.8]],
                    np.float32)
-  out, state = t.update(t.init(), probs)
+  out, state = t.update(probs, t.init())
   np.testing.assert_array_equal(out.mask, [1.0, 0.0, 0.0])
   np.testing.assert_array_equal(out.pseudo_labels, [0, 0, 1])
   assert state == t.init() == ()
@@ -75,23 +75,23 @@ def test_flexmatch_masks_with_the_previous_state_then_updates():
   np.testing.assert_array_equal(state.selected_label, [-1] * 6)
   np.testing.assert_array_equal(state.classwise_acc, [0, 0])
 
-  out, state = update(state, probs, indices=np.array([0, 1, 2]))
+  out, state = update(probs, state, indices=np.array([0, 1, 2]))
   np.testing.assert_array_equal(out.mask, [1, 1, 1])  # acc 0: threshold 0
   np.testing.assert_array_equal(state.selected_label, [0, -1, 1, -1, -1, -1])
   np.testing.assert_array_equal(state.classwise_acc, [0.25, 0.25])  # 1 / 4
 
-  out, state = update(state, probs, indices=np.array([3, 4, 5]))
+  out, state = update(probs, state, indices=np.array([3, 4, 5]))
   np.testing.assert_array_equal(out.mask, [1, 1, 1])  # 0.9 * 0.25 / 1.75
   np.testing.assert_array_equal(state.selected_label, [0, -1, 1, 0, -1, 1])
   np.testing.assert_array_equal(state.classwise_acc, [1.0, 1.0])  # 2 / 2
 
   unsure = np.array([[0.85, 0.15]], np.float32)
-  out, state = update(state, unsure, indices=np.array([1]))
+  out, state = update(unsure, state, indices=np.array([1]))
   np.testing.assert_array_equal(out.mask, [0])  # 0.85 < 0.9 * 1 / (2 - 1)
   np.testing.assert_array_equal(state.selected_label, [0, -1, 1, 0, -1, 1])
 
   # A repeated index takes its new confident label.
-  out, state = update(state, probs[2:], indices=np.array([0]))
+  out, state = update(probs[2:], state, indices=np.array([0]))
   np.testing.assert_array_equal(out.mask, [1])
   np.testing.assert_array_equal(state.selected_label, [1, -1, 1, 0, -1, 1])
   np.testing.assert_array_equal(state.classwise_acc,
@@ -101,12 +101,12 @@ def test_flexmatch_masks_with_the_previous_state_then_updates():
 def test_flexmatch_without_warmup_and_the_full_bucket_rule():
   probs = np.array([[0.95, 0.05], [0.97, 0.03]], np.float32)
   t = jaxmask.flexmatch(num_classes=2, num_unlabelled=3, warmup=False)
-  _, state = jax.jit(t.update)(t.init(), probs[:1], indices=np.array([0]))
+  _, state = jax.jit(t.update)(probs[:1], t.init(), indices=np.array([0]))
   np.testing.assert_array_equal(state.classwise_acc, [1.0, 0.0])  # 1 / max(1)
   # Every sample in one bucket (class 0): USB leaves the effects unchanged.
   t = jaxmask.flexmatch(num_classes=2, num_unlabelled=2)
   state = t.init()._replace(classwise_acc=jnp.array([0.3, 0.7]))
-  _, state = jax.jit(t.update)(state, probs, indices=np.array([0, 1]))
+  _, state = jax.jit(t.update)(probs, state, indices=np.array([0, 1]))
   np.testing.assert_array_equal(state.selected_label, [0, 0])
   np.testing.assert_allclose(state.classwise_acc, [0.3, 0.7])
 
@@ -128,7 +128,7 @@ def test_flexmatch_mappings(mapping):
   t = jaxmask.flexmatch(num_classes=4, num_unlabelled=8, p_cutoff=0.8,
                         mapping=mapping)
   state = t.init()._replace(classwise_acc=jnp.asarray(acc))
-  out, _ = jax.jit(t.update)(state, probs, indices=np.arange(8))
+  out, _ = jax.jit(t.update)(probs, state, indices=np.arange(8))
   conf = probs.max(1)
   np.testing.assert_array_equal(out.mask, conf >= threshold[probs.argmax(1)])
 
@@ -137,16 +137,16 @@ def test_flexmatch_needs_indices_and_checks_them():
   t = jaxmask.flexmatch(num_classes=C, num_unlabelled=N)
   state, probs = t.init(), _probs(0, 4)
   with pytest.raises(ValueError, match="indices"):
-    t.update(state, probs)
+    t.update(probs, state)
   with pytest.raises(TypeError, match="indices"):
-    t.update(state, probs, indices=np.zeros(4, np.float32))
+    t.update(probs, state, indices=np.zeros(4, np.float32))
   with pytest.raises(ValueError, match="indices"):
-    t.update(state, probs, indices=np.arange(3))
+    t.update(probs, state, indices=np.arange(3))
   with pytest.raises(ValueError, match="indices"):
-    t.update(state, probs, indices=np.array([0, 1, 2, N]))
+    t.update(probs, state, indices=np.array([0, 1, 2, N]))
   # Traced indices out of range are never written.
   confident = np.tile(np.array([[0.97, 0.01, 0.01, 0.01]], np.float32), (4, 1))
-  _, state = jax.jit(t.update)(state, confident,
+  _, state = jax.jit(t.update)(confident, state,
                                indices=np.array([-1, N, 2 * N, 3]))
   np.testing.assert_array_equal(np.flatnonzero(state.selected_label >= 0), [3])
 
@@ -155,7 +155,7 @@ def test_freematch_updates_first_then_masks():
   m = 0.5
   t = jaxmask.freematch(num_classes=2, momentum=m)
   probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]], np.float32)
-  out, state = jax.jit(t.update)(t.init(), probs)
+  out, state = jax.jit(t.update)(probs, t.init())
   conf = probs.max(1)
   time_p = 0.5 * m + (1 - m) * conf.mean()
   p_model = 0.5 * m + (1 - m) * probs.mean(0)
@@ -171,12 +171,12 @@ def test_freematch_updates_first_then_masks():
 def test_freematch_quantile_and_clip():
   probs = _probs(3, 9, scale=6.0)
   t = jaxmask.freematch(num_classes=C, momentum=0.0, use_quantile=True)
-  _, state = jax.jit(t.update)(t.init(), probs)
+  _, state = jax.jit(t.update)(probs, t.init())
   np.testing.assert_allclose(state.time_p, np.quantile(probs.max(1), 0.8),
                              rtol=1e-6)
   confident = np.tile(np.array([[0.99, 0.0, 0.01, 0.0]], np.float32), (5, 1))
   t = jaxmask.freematch(num_classes=C, momentum=0.0, clip_thresh=True)
-  out, state = jax.jit(t.update)(t.init(), confident)
+  out, state = jax.jit(t.update)(confident, t.init())
   assert float(state.time_p) == np.float32(0.95)
   np.testing.assert_array_equal(out.mask, 1.0)
 
@@ -186,10 +186,10 @@ def test_softmatch_first_batch_sets_p_model_then_ema():
   t = jaxmask.softmatch(num_classes=C, momentum=m)
   first, second = _probs(1), _probs(2)
   update = jax.jit(t.update)
-  out, state = update(t.init(), first)
+  out, state = update(first, t.init())
   np.testing.assert_allclose(state.p_model, first.mean(0), rtol=1e-6)
   assert int(state.count) == 1
-  out, state2 = update(state, second)
+  out, state2 = update(second, state)
   p_model = m * first.mean(0) + (1 - m) * second.mean(0)
   np.testing.assert_allclose(state2.p_model, p_model, rtol=1e-6)
   aligned = second * (1 / C + 1e-6) / (p_model + 1e-6)
@@ -206,22 +206,22 @@ def test_softmatch_first_batch_sets_p_model_then_ema():
 def test_softmatch_one_sample_batches_keep_the_variance():
   t = jaxmask.softmatch(num_classes=C, momentum=0.5)
   update = jax.jit(t.update)
-  out, state = update(t.init(), _probs(4, 1))
+  out, state = update(_probs(4, 1), t.init())
   assert float(state.var) == 1.0  # USB: NaN (unbiased variance of one value)
   assert np.isfinite(float(state.mu)) and float(state.mu) != 1 / C
   assert 0 < float(out.mask[0]) <= 1
-  _, state = update(state, _probs(5, 6))
+  _, state = update(_probs(5, 6), state)
   var = float(state.var)
   assert var != 1.0
-  out, state = update(state, _probs(6, 1))
+  out, state = update(_probs(6, 1), state)
   assert float(state.var) == var and np.isfinite(np.asarray(out.mask)).all()
 
 
 def test_softmatch_zero_variance_weights_the_mean_sample_one():
   """Momentum 0 and a constant batch: var = 0, USB's weight 0/0 = NaN."""
   t = jaxmask.softmatch(num_classes=2, momentum=0.0, dist_align=False)
-  out, state = jax.jit(t.update)(t.init(),
-                                 np.array([[0.7, 0.3]] * 3, np.float32))
+  out, state = jax.jit(t.update)(np.array([[0.7, 0.3]] * 3, np.float32),
+                                 t.init())
   assert float(state.var) == 0.0
   np.testing.assert_array_equal(out.mask, [1.0, 1.0, 1.0])
 
@@ -230,7 +230,7 @@ def test_percentile_threshold_is_percentile_mask():
   probs = _probs(7, 11)
   for q, keep in ((50.0, "low"), (20.0, "high"), (100.0, "high")):
     t = jaxmask.percentile_threshold(q=q, keep=keep)
-    out, _ = jax.jit(t.update)(t.init(), probs)
+    out, _ = jax.jit(t.update)(probs, t.init())
     want, _ = jaxmask.percentile_mask(probs.max(1), q=q, keep=keep)
     np.testing.assert_array_equal(out.mask, np.asarray(want, np.float32))
 
@@ -247,11 +247,11 @@ def test_a_nan_row_never_gets_weight(name):
   probs = _probs(8, 6, scale=4.0)
   probs[2] = np.nan
   indices = _indices(8, 6)
-  out, state = update(t.init(), probs, indices=indices)
+  out, state = update(probs, t.init(), indices=indices)
   mask = np.asarray(out.mask)
   assert mask[2] == 0.0
   assert np.all((mask >= 0) & (mask <= 1)) and not np.isnan(mask).any()
-  out2, state2 = update(state, _probs(9, 6), indices=_indices(9, 6))
+  out2, state2 = update(_probs(9, 6), state, indices=_indices(9, 6))
   mask2 = np.asarray(out2.mask)
   assert np.all((mask2 >= 0) & (mask2 <= 1))
   if name == "percentile":  # a NaN threshold: nothing kept, as NumPy
@@ -277,7 +277,7 @@ def test_update_under_eager_jit_vmap(variant, name):
   leaves, treedef = jax.tree.flatten(state)
 
   def step(probs, indices, *leaves):
-    out, new = t.update(jax.tree.unflatten(treedef, leaves), probs,
+    out, new = t.update(probs, jax.tree.unflatten(treedef, leaves),
                         indices=indices)
     return out, jax.tree.leaves(new)
 
@@ -286,7 +286,7 @@ def test_update_under_eager_jit_vmap(variant, name):
   for seed in range(3):
     probs, indices = _probs(10 + seed), _indices(10 + seed)
     out, leaves = fn(probs, indices, *leaves)
-    want, want_state = t.update(want_state, probs, indices=indices)
+    want, want_state = t.update(probs, want_state, indices=indices)
     np.testing.assert_allclose(out.mask, want.mask, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(out.pseudo_labels, want.pseudo_labels)
     _assert_trees_close(leaves, jax.tree.leaves(want_state))
@@ -299,7 +299,7 @@ def test_repeated_updates_do_not_retrace(name):
   update = jax.jit(chex.assert_max_traces(t.update, n=1))
   state = t.init()
   for seed in range(4):
-    out, state = update(state, _probs(seed), indices=_indices(seed))
+    out, state = update(_probs(seed), state, indices=_indices(seed))
   for leaf in jax.tree.leaves((out, state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
 
@@ -312,7 +312,7 @@ def test_state_survives_scan_and_checkpoints(name):
   indices = np.stack([_indices(20 + s) for s in range(steps)])
 
   def body(state, batch):
-    out, state = t.update(state, batch[0], indices=batch[1])
+    out, state = t.update(batch[0], state, indices=batch[1])
     return state, out
 
   scanned_state, scanned = jax.jit(
@@ -320,7 +320,7 @@ def test_state_survives_scan_and_checkpoints(name):
   state = t.init()
   update = jax.jit(t.update)
   for s in range(steps):
-    out, state = update(state, probs[s], indices=indices[s])
+    out, state = update(probs[s], state, indices=indices[s])
     np.testing.assert_allclose(scanned.mask[s], out.mask, rtol=1e-6, atol=1e-7)
   _assert_trees_close(scanned_state, state)
 
@@ -330,10 +330,10 @@ def test_state_survives_scan_and_checkpoints(name):
   assert type(restored) is type(state)
   via_numpy = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, state))
   probs_next, indices_next = _probs(99), _indices(99)
-  want_out, want_state = update(state, probs_next, indices=indices_next)
+  want_out, want_state = update(probs_next, state, indices=indices_next)
   for other in (restored, via_numpy):
     jax.tree.map(np.testing.assert_array_equal, other, state)
-    got_out, got_state = update(other, probs_next, indices=indices_next)
+    got_out, got_state = update(probs_next, other, indices=indices_next)
     jax.tree.map(np.testing.assert_array_equal, (got_out, got_state),
                  (want_out, want_state))
 
@@ -344,7 +344,7 @@ def test_no_gradient_flows_through_outputs_or_state(name):
   probs, indices = _probs(30), _indices(30)
 
   def f(p):
-    out, state = t.update(t.init(), p, indices=indices)
+    out, state = t.update(p, t.init(), indices=indices)
     floats = [x.sum() for x in jax.tree.leaves(state) if x.dtype == jnp.float32]
     return (out.mask * jnp.arange(8.0)).sum() + sum(floats, 0.0)
 
@@ -353,8 +353,8 @@ def test_no_gradient_flows_through_outputs_or_state(name):
 
 def test_half_precision_probs_are_upcast():
   t = jaxmask.softmatch(num_classes=C)
-  out, state = jax.jit(t.update)(t.init(),
-                                 jnp.asarray(_probs(31), jnp.bfloat16))
+  out, state = jax.jit(t.update)(jnp.asarray(_probs(31), jnp.bfloat16),
+                                 t.init())
   assert out.mask.dtype == jnp.float32
   for leaf in jax.tree.leaves(state):
     assert leaf.dtype in (jnp.float32, jnp.int32)
@@ -385,7 +385,7 @@ def test_fairness_loss_equals_boolean_indexing_and_ignores_unselected_nan():
   t = jaxmask.freematch(num_classes=C, momentum=0.5)
   state = t.init()
   for seed in range(3):
-    _, state = t.update(state, _probs(40 + seed, scale=3.0))
+    _, state = t.update(_probs(40 + seed, scale=3.0), state)
   loss_and_grad = jax.jit(jax.value_and_grad(jaxmask.freematch_fairness_loss))
   rng = np.random.default_rng(0)
   for trial in range(4):
@@ -450,20 +450,20 @@ _FREE = jaxmask.freematch(num_classes=C)
      "q"),
     (lambda: jaxmask.percentile_threshold(q=50.0, keep="mid"), ValueError,
      "keep"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD[0]), ValueError, "probs"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD.astype(np.int32)), TypeError,
+    (lambda: _FREE.update(_GOOD[0], _FREE.init()), ValueError, "probs"),
+    (lambda: _FREE.update(_GOOD.astype(np.int32), _FREE.init()), TypeError,
      "probs"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD[:, :3]), ValueError, "probs"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD[:0]), ValueError, "probs"),
-    (lambda: _FREE.update(_FREE.init(), "probs"), TypeError, "probs"),
-    (lambda: _FREE.update(None, _GOOD), TypeError, "state"),
-    (lambda: _FREE.update(jaxmask.softmatch(num_classes=C).init(), _GOOD),
+    (lambda: _FREE.update(_GOOD[:, :3], _FREE.init()), ValueError, "probs"),
+    (lambda: _FREE.update(_GOOD[:0], _FREE.init()), ValueError, "probs"),
+    (lambda: _FREE.update("probs", _FREE.init()), TypeError, "probs"),
+    (lambda: _FREE.update(_GOOD, None), TypeError, "state"),
+    (lambda: _FREE.update(_GOOD, jaxmask.softmatch(num_classes=C).init()),
      TypeError, "state"),
-    (lambda: _FREE.update(jaxmask.freematch(num_classes=3).init(), _GOOD),
+    (lambda: _FREE.update(_GOOD, jaxmask.freematch(num_classes=3).init()),
      ValueError, "state"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD, indices=np.zeros(3, np.int32)),
+    (lambda: _FREE.update(_GOOD, _FREE.init(), indices=np.zeros(3, np.int32)),
      ValueError, "indices"),
-    (lambda: _FREE.update(_FREE.init(), _GOOD, indices=np.zeros(4)),
+    (lambda: _FREE.update(_GOOD, _FREE.init(), indices=np.zeros(4)),
      TypeError, "indices"),
     (lambda: jaxmask.freematch_fairness_loss(_GOOD[0], np.ones(4),
                                              _FREE.init()),

@@ -273,11 +273,11 @@ def test_threshold_update_contract(config, data, batches, container):
       indices = np.array(data.draw(st.lists(
           st.integers(-2, _TN + 2), min_size=b, max_size=b)), np.int32)
     p_arg = jnp.asarray(probs) if container == "jax" else probs
-    out, new = t.update(state, p_arg, indices=indices)
+    out, new = t.update(p_arg, state, indices=indices)
     if factory == "flexmatch":
-      jit_out, jit_new = jitted(state, p_arg, indices=indices)
+      jit_out, jit_new = jitted(p_arg, state, indices=indices)
     else:  # no indices: the same result
-      jit_out, jit_new = jitted(state, p_arg)
+      jit_out, jit_new = jitted(p_arg, state)
     assert isinstance(out, jaxmask.ThresholdOutput)
     assert out.mask.shape == (b,) and out.mask.dtype == jnp.float32
     assert out.pseudo_labels.shape == (b,)
@@ -317,7 +317,7 @@ def test_percentile_threshold_is_the_confidence_masks_mask(shape, data, q, keep,
   logits = data.draw(_floats(shape, huge=False, nonfinite=nonfinite))
   masks = jaxmask.confidence_masks(logits, q=q, keep=keep)
   t = jaxmask.percentile_threshold(q=q, keep=keep)
-  out, state = t.update(t.init(), masks.probs)
+  out, state = t.update(masks.probs, t.init())
   assert state == ()
   assert out.mask.shape == shape[:1] and out.mask.dtype == jnp.float32
   np.testing.assert_array_equal(out.mask, np.asarray(masks.mask, np.float32))
@@ -361,8 +361,8 @@ def test_freematch_fairness_loss_contract(batch, data, config, mask_kind, dtype,
   t, jitted = _threshold(config)
   state = t.init()
   for b in data.draw(st.lists(st.sampled_from((1, 4)), max_size=2)):
-    _, state = jitted(state, _probs_from(data.draw(_floats((b, _TC),
-                                                           huge=False))))
+    _, state = jitted(_probs_from(data.draw(_floats((b, _TC),
+                                                           huge=False))), state)
   logits = _as(data.draw(_floats((batch, _TC), huge=huge)), dtype, "jax")
   l32 = _np32(logits)
   assume(np.isfinite(l32).all())  # float16 overflow of huge values
@@ -548,10 +548,10 @@ def test_fixed_flexmatch_indices_beyond_int32_are_out_of_range(indices):
   wrapped them into range: sample 2**32 + 3 silently wrote sample 3."""
   t, _ = _threshold("flexmatch")
   with pytest.raises(ValueError, match=r"\bindices\b"):
-    t.update(t.init(), _UPDATE_PROBS, indices=indices)
-  out, state = t.update(t.init(), _UPDATE_PROBS,
+    t.update(_UPDATE_PROBS, t.init(), indices=indices)
+  out, state = t.update(_UPDATE_PROBS, t.init(),
                         indices=np.arange(4, dtype=indices.dtype))
-  want_out, want_state = t.update(t.init(), _UPDATE_PROBS,
+  want_out, want_state = t.update(_UPDATE_PROBS, t.init(),
                                   indices=np.arange(4, dtype=np.int32))
   _assert_same_tree((out, state), (want_out, want_state))
 
@@ -563,6 +563,6 @@ def test_fixed_softmatch_huge_n_sigma(n_sigma):
   t = jaxmask.softmatch(num_classes=2, momentum=0.5, n_sigma=n_sigma,
                         dist_align=False)
   probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3]], np.float32)
-  out, state = t.update(t.init(), probs)
+  out, state = t.update(probs, t.init())
   np.testing.assert_array_equal(out.mask, [1.0, 0.0, 1.0])  # mu = 0.6
   np.testing.assert_allclose(state.mu, 0.6, rtol=1e-6)

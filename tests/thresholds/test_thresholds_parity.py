@@ -105,7 +105,7 @@ def _run(threshold, reference, check_step):
   update = jax.jit(threshold.update)
   for step, (probs, indices) in enumerate(SEQUENCE):
     prev = state
-    out, state = update(state, jnp.asarray(probs), indices=jnp.asarray(indices))
+    out, state = update(jnp.asarray(probs), state, indices=jnp.asarray(indices))
     mask, labels = reference.update(torch.from_numpy(probs),
                                     torch.from_numpy(indices).long())
     assert out.mask.dtype == jnp.float32 and out.pseudo_labels.dtype == jnp.int32
@@ -235,9 +235,9 @@ def test_softmatch_pseudo_labels_come_from_unaligned_probs():
   t, ref = jaxmask.softmatch(num_classes=3), torch_ref.softmatch(3)
   update = jax.jit(t.update)
   state = t.init()
-  _, state = update(state, warm)  # p_model: class 0 dominates
+  _, state = update(warm, state)  # p_model: class 0 dominates
   ref.update(torch.from_numpy(warm))
-  out, state = update(state, probs)
+  out, state = update(probs, state)
   mask, labels = ref.update(torch.from_numpy(probs))
   aligned = usb.DistAlignEMAHook(3)
   aligned.p_model = torch.tensor(np.asarray(state.p_model))
@@ -256,7 +256,7 @@ def test_softmatch_one_sample_batch_usb_gives_nan_jaxmask_keeps_var():
     usb_hook.masking(torch.from_numpy(probs))
   assert np.isnan(usb_hook.prob_max_var_t.item())
   t = jaxmask.softmatch(num_classes=3)
-  out, state = jax.jit(t.update)(t.init(), probs)
+  out, state = jax.jit(t.update)(probs, t.init())
   assert float(state.var) == 1.0 and np.isfinite(float(state.mu))
   ref = torch_ref.softmatch(3)  # the documented choice
   mask, _ = ref.update(torch.from_numpy(probs))
@@ -275,7 +275,7 @@ def freematch_states():
       torch_ref.freematch(NUM_CLASSES, 0.9)
   state, update = t.init(), jax.jit(t.update)
   for probs, _ in SEQUENCE[:6]:
-    _, state = update(state, probs)
+    _, state = update(probs, state)
     ref.update(torch.from_numpy(probs))
   return state, ref
 

@@ -18,7 +18,7 @@ import jaxmask
 
 def _update(threshold, state, probs, indices=None):
   """The one place that calls `update` (its argument order may change)."""
-  return threshold.update(state, probs, indices=indices)
+  return threshold.update(probs, state, indices=indices)
 
 
 _INDICES = np.array([[0, 3, 5, 7, 8, 9], [1, 2, 4, 6, 0, 3], [9, 8, 7, 1, 2, 5],

@@ -1,4 +1,4 @@
-"""Buffer donation: the optax-style loop `jax.jit(update, donate_argnums=0)`.
+"""Buffer donation: the optax-style loop `jax.jit(t.update, donate_argnums=1)`.
 
 Donating the state lets XLA write the new state into the old one's buffers.
 It fails ("Attempt to donate the same buffer twice") if two fields of a
@@ -20,8 +20,8 @@ import jaxmask
 
 
 def _update(threshold, state, probs, indices=None):
-  """The one place that calls `update` (its argument order may change)."""
-  return threshold.update(state, probs, indices=indices)
+  """`update` in optax's order, `update(probs, state)`."""
+  return threshold.update(probs, state, indices=indices)
 
 
 _INDICES = np.array([[0, 3, 5, 7, 8, 9], [1, 2, 4, 6, 0, 3], [9, 8, 7, 1, 2, 5],
@@ -68,7 +68,7 @@ def test_init_and_update_return_distinct_buffers(name):
 def test_donated_state_trains_as_undonated(name):
   t = THRESHOLDS[name]()
   plain = jax.jit(functools.partial(_update, t))
-  donating = jax.jit(functools.partial(_update, t), donate_argnums=0)
+  donating = jax.jit(t.update, donate_argnums=1)  # (probs, state): the state
   want, got = [], []
   state = t.init()
   for probs, indices in zip(_batches(), _INDICES):
@@ -82,7 +82,7 @@ def test_donated_state_trains_as_undonated(name):
         out, state = _update(t, state, probs, indices)
       else:
         old = state
-        out, state = donating(state, probs, indices)
+        out, state = donating(probs, state, indices=indices)
         # CPU honours donation: the old state's buffers are gone.
         assert all(x.is_deleted() for x in jax.tree.leaves(old))
       got.append(jax.tree.map(np.array, (out, state)))  # read before donated

@@ -178,9 +178,9 @@ def _steps(threshold, **kw):
   outs = [state]
   for step in range(3):
     probs = _PROBS if step != 1 else _PROBS[::-1]
-    out, state = threshold.update(state, probs, **kw)
+    out, state = threshold.update(probs, state, **kw)
     outs += [out, state]
-  jitted = jax.jit(lambda s, p: threshold.update(s, p, **kw))(state, _PROBS)
+  jitted = jax.jit(lambda s, p: threshold.update(p, s, **kw))(state, _PROBS)
   return outs, jitted
 
 
