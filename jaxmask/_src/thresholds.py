@@ -79,7 +79,7 @@ class ConfidenceThreshold(NamedTuple):
   """
 
   init: Callable[[], Any]  # () -> state: the initial state, a NamedTuple of arrays
-  update: ThresholdUpdate  # (probs, state, *, indices, axis_name) -> (out, state)
+  update: ThresholdUpdate  # (probs, state, indices=..., axis_name=...) -> (out, state)
 
 
 class EmptyState(NamedTuple):
