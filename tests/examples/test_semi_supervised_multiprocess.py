@@ -26,15 +26,15 @@ for _module in ("flax", "optax", "sklearn", "matplotlib", "tqdm"):
   pytest.importorskip(_module)
 
 LAUNCHER = _examples.script("launch_local")
-# Generous for 2 CI cores shared with another xdist worker: the run takes ~30 s of wall time
-# (each process compiles its step once) when the machine is free.
+# Generous: the launcher's two processes and the baseline here each compile two methods' steps
+# (~35 s of CPU in all); on 2 cores shared with other jobs (load ~7) the test took 40 to 63 s.
 TIMEOUT_S = 180
-# A tiny run (2 seeds side by side, 4 steps) of FlexMatch, which takes each process's dataset
-# `indices` of its rows, and FreeMatch, whose state and fairness term come from the global batch
-# (the fairness loss gathers it across processes): its losses show a per-process statistic.
-# (FlexMatch's global `selected_label` does not reach its losses within 4 steps, its warm-up;
-# tests/distributed/test_multiprocess.py checks it across processes.) Every gradient is pmean'd
-# across processes.
+# A tiny run (2 seeds side by side, 4 steps) of FlexMatch, which takes the dataset `indices` of
+# each process's rows, and FreeMatch, whose state and fairness term come from the global batch
+# (the fairness loss gathers it across processes): a per-process statistic would show in its
+# losses. (FlexMatch's global `selected_label` does not reach its losses within 4 steps, its
+# warm-up; tests/distributed/test_multiprocess.py checks it across processes.) Every gradient is
+# pmean'd across processes.
 METHODS = ("flexmatch", "freematch")
 TINY = dict(method=METHODS, seeds=2, steps=4, eval_every=2, batch_size=8,
             unlabelled_batch_size=8)
