@@ -166,6 +166,9 @@ def mask_matching_cost(
   forward`, for the points they draw with `torch.rand(1, P, 2)`. Computed in
   float32 whatever the input dtype, as the original (autocast off).
 
+  The targets are data: no gradient flows into `target_masks` (the
+  original matchers run without gradient).
+
   Non-finite costs (from NaN or infinite logits) are guarded as HF guards
   them, which replaces them by the dtype's maximum: here by a sentinel
   `4 T (m + 1)`, with `m` the largest finite `|cost|`, after finite costs are
@@ -219,6 +222,7 @@ def mask_matching_cost(
              _weight(cost_dice, "cost_dice"))
   labels_ok = _labels_ok(target_labels, class_logits.shape[-1] - 1)
   target_masks, masks_ok = _target_values(target_masks)
+  target_masks = lax.stop_gradient(target_masks)  # data, as in the matchers
   cost = _matching_cost(class_logits, mask_logits, target_labels, target_masks,
                         point_coords, weights)
   ok = checks.all_ok(labels_ok, masks_ok)
@@ -417,7 +421,9 @@ def mask2former_loss(
      original's normaliser; HF's divides by the device count twice). With
      `num_points=None`, the losses run over every pixel of the matched logits
      bilinearly upsampled (align_corners=False) to the target size: the
-     full-mask loss of Mask2Former's Table 5.
+     full-mask loss of Mask2Former's Table 5. In both modes the targets are
+     data: no gradient flows into `target_masks`, as the originals' targets
+     carry none.
 
   `losses` has HF's keys, unweighted: `loss_cross_entropy`, `loss_mask`,
   `loss_dice` for the final layer and `loss_cross_entropy_i`, `loss_mask_i`,
@@ -453,7 +459,14 @@ def mask2former_loss(
   only when no finite choice is left. A NaN or infinite class logit makes the
   layer's `loss_cross_entropy` NaN (every query enters it); a NaN or
   infinite mask logit makes the mask losses NaN only if its query is matched.
-  Traced labels of valid targets outside [0, K) make every loss NaN.
+  Traced labels of valid targets outside [0, K) make every loss NaN. An
+  empty batch (B = 0, or Q = T = 0) has NaN `loss_cross_entropy` (PyTorch's
+  weighted mean over no queries) and zero mask losses, in every
+  implementation. An empty map (H, W, Ht or Wt = 0) samples zeros at the
+  points, as `point_sample` does; the full-mask losses cannot upsample an
+  empty prediction nor average over an empty target, so with
+  `num_points=None` (and B * T > 0) an empty map is a ValueError naming
+  `mask_logits` or `target_masks`.
 
   Args:
     key: a `jax.random` key.
@@ -523,6 +536,14 @@ def mask2former_loss(
                                         importance_sample_ratio,
                                         implementation))
   impl.check(implementation)
+  if num_points is None and target_labels.size:  # full-mask losses
+    for name, x in (("mask_logits", mask_logits),
+                    ("target_masks", target_masks)):
+      if 0 in x.shape[-2:]:
+        raise ValueError(
+            f"{name} must have height and width >= 1 for the full-mask losses"
+            f" (num_points=None), got shape {x.shape}; with num_points, an"
+            " empty map samples zeros.")
   if num_matcher_points is None:
     num_matcher_points = 12544 if num_points is None else num_points
   num_matcher_points = checks.python_int(num_matcher_points,
@@ -556,6 +577,7 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
   num_masks = point_losses.num_masks_normalizer(
       jnp.sum(target_valid), axis_name=axis_name)
   labels = jnp.clip(target_labels, 0, num_classes - 1)
+  target_masks = lax.stop_gradient(target_masks)  # data, in both modes
   match_key, loss_key = jax.random.split(key)
 
   # 1. Matching, every layer and image at once, without gradient.

@@ -14,6 +14,7 @@ What it must equal: the plain matcher, bit for bit (the same operations on
 the same values, in another schedule).
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -36,6 +37,12 @@ def match_image_by_image(match_image: Callable, sample: Callable, points,
   with leading axes `[L, B]`.
   """
   num_layers, batch_size = class_logits.shape[:2]
+  if num_layers * batch_size == 0:
+    # No image (B = 0): the loop's body would index an empty batch. Mapped
+    # over no image, the plain form gives the (empty) result's shapes.
+    one = functools.partial(match_image, sample=sample)
+    return jax.vmap(jax.vmap(one), in_axes=(0, 0, 0, None, None, None))(
+        points, class_logits, mask_logits, labels, target_masks, target_valid)
 
   def sampled_apart(maps, points):
     return barrier.computed_apart(sample, maps, points)
