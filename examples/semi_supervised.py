@@ -384,12 +384,11 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
-def init_params(keys: jax.Array, xla_opt_level: int = 2):
+def init_params(keys: jax.Array):
   """The network's graph definition and its parameters for each key."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: Net(rngs=nnx.Rngs(0))))
   init = lambda key: nnx.split(Net(rngs=nnx.Rngs(params=key)))[1]
-  return graphdef, jax.jit(jax.vmap(init), compiler_options=dict(
-      xla_backend_optimization_level=xla_opt_level))(keys)
+  return graphdef, jax.jit(jax.vmap(init))(keys)
 
 
 def make_threshold(config: Config) -> jaxmask.ConfidenceThreshold | None:
@@ -627,7 +626,7 @@ def run_method(config: Config, graphdef, params, data, keys: jax.Array,
   chunk_fn = jax.jit(
       chunk_fn, donate_argnums=0,
       compiler_options=dict(xla_backend_optimization_level=xla_opt_level))
-  draw = jax.jit(functools.partial(
+  draw = jax.jit(functools.partial(  # Integers: the same at every level.
       draw_batches, config, num_labelled=data["y_labelled"].shape[1],
       num_unlabelled=data["x_unlabelled"].shape[1]),
       compiler_options=dict(xla_backend_optimization_level=xla_opt_level))
@@ -696,9 +695,9 @@ def train(settings: Settings) -> dict[str, Any]:
   init_keys, train_keys = jnp.unstack(
       jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds]),
       axis=1)
+  graphdef, params = init_params(init_keys)
   # Compiling dominates a short run: XLA's level 0 compiles fastest (see `run_method`).
   xla_opt_level = 0 if settings.quick or settings.steps <= QUICK["steps"] else 1
-  graphdef, params = init_params(init_keys, xla_opt_level)
   # `all-labels` trains on every training image, labelled, for every seed.
   stack = lambda x: np.broadcast_to(x, (len(seeds), *x.shape))
   every_label = dict(data, x_labelled=stack(data["x_train"]),
