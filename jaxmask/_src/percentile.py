@@ -64,9 +64,11 @@ def percentile(values: jax.typing.ArrayLike, q) -> jax.Array:
   (NumPy's `_lerp`, which computes :math:`v_{(i+1)} - (v_{(i+1)} - v_{(i)})
   (1 - \gamma)` where :math:`\gamma \ge 0.5`).
 
-  For a Python-number `q` the result is bit for bit NumPy's: the rank, its
-  floor and the interpolation weight are computed at trace time in float64,
-  exactly as NumPy does, and the interpolation uses NumPy's formula in the
+  For a Python-number `q` the result is bit for bit NumPy's (NumPy 2.4 or
+  newer; earlier releases round float32 results differently and can differ
+  in the last bit): the rank, its floor and the interpolation weight are
+  computed at trace time in float64, exactly as NumPy does, and the
+  interpolation uses NumPy's formula in the
   input dtype, kept from XLA's rewrites (`jnp.percentile` is not exact:
   XLA:CPU turns `q / 100` into a multiply and fuses the interpolation into a
   multiply-add). A traced `q` follows NumPy's arithmetic for a float32 `q`,
