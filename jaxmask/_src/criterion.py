@@ -291,13 +291,15 @@ def _sample_at_shared_points(maps: jax.Array, point_coords: jax.Array):
   ix, iy = jnp.where(finite, ix, -2.0), jnp.where(finite, iy, -2.0)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   flat = maps.reshape(channels, height * width)
-  out = 0
+  values, weights = [], []
   neighbours = ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1))
   for (x, y), weight in zip(neighbours, grid.bilinear_weights(ix, iy)):
     on_map = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
     offset = (jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
               + jnp.clip(x, 0, width - 1).astype(jnp.int32))
-    out = out + jnp.take(flat, offset, axis=1) * jnp.where(on_map, weight, 0)
+    values.append(jnp.take(flat, offset, axis=1))
+    weights.append(jnp.where(on_map, weight, 0))
+  out = grid.weighted_sum(values, weights)
   return jnp.where(finite, out, jnp.nan).astype(maps.dtype)
 
 

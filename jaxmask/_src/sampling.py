@@ -59,9 +59,9 @@ def _bilinear(inputs: jax.Array, point_coords: jax.Array) -> jax.Array:
     row = jnp.clip(y, 0, height - 1).astype(jnp.int32)
     return jnp.where(on_map, inputs[:, row, col], 0)
 
-  nw, ne, sw, se = grid.bilinear_weights(ix, iy)
-  out = (pixel(x0, y0) * nw + pixel(x0 + 1, y0) * ne
-         + pixel(x0, y0 + 1) * sw + pixel(x0 + 1, y0 + 1) * se)
+  values = (pixel(x0, y0), pixel(x0 + 1, y0), pixel(x0, y0 + 1),
+            pixel(x0 + 1, y0 + 1))
+  out = grid.weighted_sum(values, grid.bilinear_weights(ix, iy))
   return jnp.where(finite, out, jnp.nan)
 
 
@@ -103,7 +103,7 @@ def point_sample(
      i_x = \frac{(2x - 1 + 1) W - 1}{2}, \qquad
      i_y = \frac{(2y - 1 + 1) H - 1}{2},
 
-  computed in that order of operations, as grid_sample does. With
+  computed in that order of operations, as grid_sample's source does. With
   :math:`x_0 = \lfloor i_x \rfloor`, :math:`y_0 = \lfloor i_y \rfloor` the
   value is
 
@@ -112,9 +112,15 @@ def point_sample(
      + v_{sw} (x_0 + 1 - i_x)(i_y - y_0) + v_{se} (i_x - x_0)(i_y - y_0),
 
   summed in that order, where a neighbour off the map contributes zero on its
-  own. Results match PyTorch to float rounding. As in grid_sample, a NaN or
-  infinite coordinate samples NaN; it reads no pixel, so it adds nothing to
-  the gradient of `inputs` and its own gradient is 0 (in x and y alike). So
+  own. Every operation is rounded on its own, no product fused into a
+  multiply-add (`jaxmask._src.grid`), so every implementation computes the
+  same bits, on any platform with IEEE float32 arithmetic (tested on CPU).
+  PyTorch's compiled grid_sample fuses the position's and the sum's
+  multiply-adds (on FMA hardware and on CUDA), so it agrees with this to an
+  ulp of the position and of each product, not bit for bit. As in
+  grid_sample, a NaN or infinite coordinate samples NaN; it reads no pixel,
+  so it adds nothing to the gradient of `inputs` and its own gradient is 0
+  (in x and y alike). So
   does a finite coordinate so large that its pixel position overflows
   float32 (beyond about 1.7e38 / max(H, W)), as in PyTorch. An empty map
   (H or W = 0) samples zeros.
@@ -301,8 +307,10 @@ def select_uncertain_points(
   Mask2Former's `get_uncertain_point_coords_with_randomness`, written as a
   per-row gather. No gradient flows through the result.
 
-  Every implementation selects the same set; only the order within a row
-  differs: the plain algorithm returns decreasing uncertainty (as
+  Every implementation samples the candidates bit for bit alike (see
+  `point_sample`), so ties and near-ties fall alike and every implementation
+  selects the same set; only the order within a row differs: the plain
+  algorithm returns decreasing uncertainty (as
   Mask2Former); the XLA:CPU kernel's order is unspecified (increasing
   candidate index for rows of 4096 candidates or more, `lax.top_k`'s below).
   The losses built on the points are sums, so the order does not matter

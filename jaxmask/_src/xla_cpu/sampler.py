@@ -12,9 +12,10 @@ block offsets are computed in their own vectorised pass (`barrier.py`), in
 scatters both rows of neighbours into one buffer.
 
 What it must equal: the plain `point_sample` (grid_sample with bilinear
-interpolation, zero padding, `align_corners=False`), using the same position
-and weight arithmetic (`grid.py`) and summing the neighbours in the same
-order; values and gradients agree to float rounding.
+interpolation, zero padding, `align_corners=False`), bit for bit: the same
+position, weight and sum arithmetic (`grid.py`, which leaves XLA no
+multiply-add to contract); gradients agree to float rounding (the
+hand-written VJP adds in another order).
 """
 
 import functools
@@ -199,10 +200,9 @@ def interpolate(flat, start, ix, iy, map_shape, clamped):
   """
   start = _flat_start(start, flat.size // math.prod(map_shape),
                       math.prod(map_shape))
-  nw, ne, sw, se = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix,
-                               iy, map_shape, clamped)
-  w = grid.bilinear_weights(ix, iy)
-  return nw * w[0] + ne * w[1] + sw * w[2] + se * w[3]
+  values = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix, iy,
+                       map_shape, clamped)
+  return grid.weighted_sum(values, grid.bilinear_weights(ix, iy))
 
 
 def _read_pairs(flat, start, row_len) -> tuple[jax.Array, jax.Array]:
