@@ -239,6 +239,18 @@ def _mean(x: jax.Array, axis=None) -> jax.Array:
   return _divide(jnp.sum(x, axis=axis), jnp.asarray(n, x.dtype))
 
 
+def _corrected_mean(x: jax.Array) -> jax.Array:
+  """The mean of `[n]` values, `m + mean(x - m)` with `m = _mean(x)`.
+
+  A float32 sum may miss `n` times the mean by a few ulps, so that even a
+  constant batch's `m` need not be its value. The residuals' mean, exact for
+  a constant batch, corrects it: a constant batch has its value as mean, and
+  variance 0 (as `torch.var`'s Welford mean gives).
+  """
+  m = _mean(x)
+  return m + _mean(x - m)
+
+
 def _torch_quantile(x: jax.Array, q: float) -> jax.Array:
   """`torch.quantile(x, q)` of a `[n]` array (linear), bit for bit.
 
@@ -775,7 +787,11 @@ def softmatch(
     NaN, which USB writes into its state for good): :math:`\sigma^2` is
     then left unchanged (:math:`\mu` is updated).
   - :math:`\sigma^2 = 0` (momentum 0 and a constant batch) makes
-    :math:`0/0` at :math:`c_i = \mu`: the weight there is 1, the limit.
+    :math:`0/0` at :math:`c_i = \mu`: the weight there is 1, the limit. The
+    batch mean is corrected by its residuals' mean, so a constant batch's
+    mean is its value exactly and its variance 0: with momentum 0 every
+    weight is 1 (USB's float32 `torch.mean` may miss the value by an ulp,
+    which gives weight 0 or NaN there).
   - A NaN weight (a NaN in the probabilities, which also makes the state
     NaN, as in USB) is 0, so `mask` always lies in [0, 1].
 
@@ -843,10 +859,13 @@ def softmatch(
     everything = _gather(max_probs, axis_name)
     # USB adds `(1 - m) * statistic.item()`, a float64 product rounded once
     # to float32; here the product is float32 (it may differ in the last bit).
-    mu = _ema(state.mu.astype(dtype), m, _mean(everything), one_minus_m)
+    # The mean is corrected once (exact for a constant batch), where
+    # `torch.mean` may be an ulp off.
+    batch_mean = _corrected_mean(everything)
+    mu = _ema(state.mu.astype(dtype), m, batch_mean, one_minus_m)
     var = state.var.astype(dtype)
     if everything.shape[0] > 1:  # the unbiased variance of one value is NaN
-      batch_var = _divide(jnp.sum(jnp.square(everything - _mean(everything))),
+      batch_var = _divide(jnp.sum(jnp.square(everything - batch_mean)),
                           jnp.asarray(everything.shape[0] - 1, dtype))
       var = _ema(var, m, batch_var, one_minus_m)
 
