@@ -42,7 +42,8 @@ def bench_floors(n, size, reps):
   # block offsets computed beforehand (not timed), checked against the
   # public sampler.
   padded = jnp.pad(jl, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  start = jax.jit(lambda c: xla_cpu_sampler.block_starts(c, jl.shape, padded=True))(jc)
+  start = jax.jit(lambda c: xla_cpu_sampler.positions_and_block_starts(
+      c, jl.shape, padded=True)[2])(jc)
   loop = jax.jit(lambda f, s, c: xla_cpu_sampler.interpolate(
       f, s, *grid.pixel_positions(c, size, size), padded.shape[2:], False))
   flat = padded.reshape(-1)

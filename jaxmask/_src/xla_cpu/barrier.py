@@ -32,7 +32,8 @@ def computed_apart(fn: Callable[..., jax.Array], x: jax.Array, *args):
     return fn(x, *args)
 
   def zeros(*operands):
-    return jnp.zeros_like(jax.eval_shape(fn, *operands))
+    return jax.tree.map(lambda out: jnp.zeros(out.shape, out.dtype),
+                        jax.eval_shape(fn, *operands))
 
   return lax.platform_dependent(
       x, *args,

@@ -57,14 +57,19 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
   # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
-  ix, iy = grid.pixel_positions(point_coords, height, width)
-  if channels > 1:  # (a unit channel axis slows XLA:CPU down 2x)
-    ix, iy = ix[:, None, :], iy[:, None, :]
-  if (min(height, width) >= 2 and
-      point_coords.shape[1] * _PIXELS_PER_POINT_TO_CLAMP <= height * width):
-    out = _sample_clamped(inputs, point_coords, ix, iy)
+  clamped = (min(height, width) >= 2 and point_coords.shape[1]
+             * _PIXELS_PER_POINT_TO_CLAMP <= height * width)
+  ix, iy, start = positions_and_block_starts(point_coords, inputs.shape,
+                                             padded=not clamped)
+  if clamped:
+    out = interpolate(inputs.reshape(-1), start, ix, iy, inputs.shape[2:],
+                      True)
   else:
-    out = _sample_padded(inputs, point_coords, ix, iy)
+    # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
+    # addressable, so each point reads two (left, right) pairs: rows y0, y1.
+    padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = interpolate(padded.reshape(-1), start, ix, iy, padded.shape[2:],
+                      False)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
   # Outside the map: +0, or NaN for a NaN or infinite position (grid_sample's
@@ -73,50 +78,34 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
   return out.reshape(num_masks, channels, -1).astype(inputs.dtype)
 
 
-def _sample_padded(inputs, point_coords, ix, iy):
-  """Two gathers of neighbour pairs per point from a zero-bordered copy."""
-  # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
-  # addressable, so each point reads two (left, right) pairs: rows y0 and y1.
-  padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  start = block_starts(point_coords, inputs.shape, padded=True)
-  return interpolate(padded.reshape(-1), start, ix, iy, padded.shape[2:],
-                      False)
-
-
-def _sample_clamped(inputs, point_coords, ix, iy):
-  """Two gathers per point of the 2 x 2 block clamped into `H, W >= 2` maps."""
-  start = block_starts(point_coords, inputs.shape, padded=False)
-  return interpolate(inputs.reshape(-1), start, ix, iy, inputs.shape[2:],
-                      True)
-
-
-def block_starts(point_coords, shape, *, padded):
-  """Offset of each point's 2 x 2 block within its map, `[N, P]`/`[N, 1, P]`.
+def positions_and_block_starts(point_coords, shape, *, padded):
+  """Pixel positions `ix, iy` and each point's 2 x 2 block within its map.
 
   The block's top-left pixel is the point's top-left neighbour, in maps of
-  `shape` with a zero border (`padded`) or clamped into them. Computed in its
-  own vectorised pass rather than as scalar code inside the gather, and in
-  16 bits where the offsets fit (half the memory: fewer pages to fault in).
+  `shape` with a zero border (`padded`) or clamped into them. Computed once,
+  in their own vectorised pass rather than as scalar code inside the gather,
+  the offsets in 16 bits where they fit (half the memory: fewer pages to
+  fault in). Positions and offsets are `[N, P]`, or `[N, 1, P]` for `C > 1`
+  (a unit channel axis slows XLA:CPU down 2x).
   """
   _, channels, height, width = shape
   pad = 1 if padded else 0
   row_len, num_rows = width + 2 * pad, height + 2 * pad
 
-  def starts(point_coords):
+  def apart(point_coords):
     ix, iy = grid.pixel_positions(point_coords, height, width)
     # Clipped as integers: XLA converts NaN to 0 and saturates infinities,
     # so a NaN or infinite position reads a block inside the map (its value
     # is NaN whatever it reads) with no pass of its own.
     col = jnp.clip(jnp.floor(ix).astype(jnp.int32), -pad, row_len - 2 - pad)
     row = jnp.clip(jnp.floor(iy).astype(jnp.int32), -pad, num_rows - 2 - pad)
-    if padded:
-      col, row = col + pad, row + pad
-    if channels > 1:
-      col, row = col[:, None, :], row[:, None, :]
     dtype = jnp.uint16 if row_len * num_rows <= 2**16 else jnp.int32
-    return (row * row_len + col).astype(dtype)
+    start = ((row + pad) * row_len + col + pad).astype(dtype)
+    if channels > 1:
+      return ix[:, None, :], iy[:, None, :], start[:, None, :]
+    return ix, iy, start
 
-  return barrier.computed_apart(starts, point_coords)
+  return barrier.computed_apart(apart, point_coords)
 
 
 def _flat_start(start: jax.Array, num_maps: int, map_size: int) -> jax.Array:
@@ -206,8 +195,14 @@ def interpolate(flat, start, ix, iy, map_shape, clamped):
 
 
 def _read_pairs(flat, start, row_len) -> tuple[jax.Array, jax.Array]:
-  """The pixel pairs at `start` and one row below, in all the maps `flat`."""
-  return gather_pairs(flat, start), gather_pairs(flat, start + row_len)
+  """The pixel pairs at `start` and one row below, in all the maps `flat`.
+
+  Gathered in their own pass: fused into the weighted sum, the gathers ran
+  as scalar code with the sum's arithmetic around them (~60% slower).
+  """
+  return barrier.computed_apart(
+      lambda flat, start: (gather_pairs(flat, start),
+                           gather_pairs(flat, start + row_len)), flat, start)
 
 
 def _interpolate_fwd(flat, start, ix, iy, map_shape, clamped):
