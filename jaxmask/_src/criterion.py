@@ -223,30 +223,39 @@ def mask_matching_cost(
   labels_ok = _labels_ok(target_labels, class_logits.shape[-1] - 1)
   target_masks, masks_ok = _target_values(target_masks)
   target_masks = lax.stop_gradient(target_masks)  # data, as in the matchers
-  cost = _matching_cost(class_logits, mask_logits, target_labels, target_masks,
-                        point_coords, weights)
+  cost = _matching_cost(class_logits, mask_logits, target_labels,
+                        target_masks[None], 0, point_coords, weights)
   ok = checks.all_ok(labels_ok, masks_ok)
   return guard_costs(checks.nan_unless(ok, cost))
 
 
 def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
-                   point_coords, weights, sample=None):
+                   image, point_coords, weights, apart=None):
   """The unguarded `[Q, T]` float32 cost of one image (inputs validated).
 
-  Every mask of the image is sampled at the same points, so the neighbours'
-  offsets and weights are computed once per point and the maps are read as
-  rows of `[C, H * W]` (`_sample_at_shared_points`), with `point_sample`'s
-  arithmetic.
+  `target_masks [B, T, Ht, Wt]` hold the targets of `B` images; this image's
+  are `target_masks[image]`, read in place. Every mask of the image is
+  sampled at the same points, so each point's neighbours and weights are
+  computed once for all masks (`_sample_shared`), with `point_sample`'s
+  arithmetic. `apart(fn, *args)`, if given, evaluates the two samplings (the
+  XLA:CPU matcher computes them apart from the costs).
   """
   w_class, w_mask, w_dice = weights
   probs = jax.nn.softmax(checks.upcast(class_logits), axis=-1)
   labels = jnp.clip(target_labels, 0, class_logits.shape[-1] - 1)
   cost_class = -jnp.take(probs, labels, axis=1)
   coords = checks.upcast(point_coords)
+  apart = apart or (lambda fn, *args: fn(*args))
   # In float32 whatever the logits' dtype, as the original (autocast off).
-  sample = sample or _sample_at_shared_points
-  pred = sample(checks.upcast(mask_logits), coords)
-  target = sample(target_masks, coords)
+  # The predictions pixel-major (Q values a row); the targets where they
+  # are: a transposed copy of the targets costs more than it saves.
+  pred = apart(lambda maps, coords: _sample_shared(
+      _pixel_rows(maps), maps.shape[-2:], coords, pixel_major=True),
+               checks.upcast(mask_logits), coords)
+  target = apart(lambda masks, image, coords: _sample_shared(
+      masks[image].reshape(masks.shape[1], math.prod(masks.shape[-2:])),
+      masks.shape[-2:], coords,
+      pixel_major=False), target_masks, image, coords)
   cost_mask, cost_dice = _pairwise_mask_costs(pred, target)
   return w_mask * cost_mask + w_class * cost_class + w_dice * cost_dice
 
@@ -254,53 +263,67 @@ def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
 def _pairwise_mask_costs(logits, labels):
   """`(pairwise_sigmoid_ce_loss, pairwise_dice_loss)` from one softplus.
 
-  With `s = softplus(-x) = BCE(x, 1)`: `BCE(x, 0) = s + x` and `sigmoid(x) =
+  `logits [P, Q]` and `labels [P, T]`, point-major, give `[Q, T]` costs. With
+  `s = softplus(-x) = BCE(x, 1)`: `BCE(x, 0) = s + x` and `sigmoid(x) =
   exp(-s)`, so each of the `Q x P` logits costs one exp, one log1p and one exp
   (the matcher's cost is bound by them), rather than two softplus and a
   sigmoid. The products and sums are the pairwise losses' own.
   """
-  num_points = logits.shape[1]
-  pos = jnp.maximum(-logits, 0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  num_points = logits.shape[0]
+  pos = jnp.maximum(-logits, 0) + jnp.log(1 + jnp.exp(-jnp.abs(logits)))
   neg = pos + logits
-  dot = functools.partial(jnp.matmul, precision=checks.HIGHEST)
-  cost_ce = dot(pos / num_points, labels.T) + dot(neg / num_points,
-                                                  (1 - labels).T)
-  probs = jnp.exp(-pos)
-  numerator = 2 * dot(probs, labels.T)
-  denominator = probs.sum(axis=-1)[:, None] + labels.sum(axis=-1)[None, :]
+  # Contracting the points: `a.T @ b` for point-major `a`, `b`.
+  dot = functools.partial(lax.dot_general, dimension_numbers=(((0,), (0,)),
+                                                              ((), ())),
+                          precision=checks.HIGHEST)
+  cost_ce = dot(pos / num_points, labels) + dot(neg / num_points, 1 - labels)
+  probs = jax.nn.sigmoid(logits)
+  numerator = 2 * dot(probs, labels)
+  denominator = probs.sum(axis=0)[:, None] + labels.sum(axis=0)[None, :]
   return cost_ce, 1 - (numerator + 1) / (denominator + 1)
 
 
-def _sample_at_shared_points(maps: jax.Array, point_coords: jax.Array):
-  """`point_sample_single(maps, point_coords)`: `[C, H, W]` at `[P, 2]` -> `[C, P]`.
+def _pixel_rows(maps: jax.Array) -> jax.Array:
+  """`[..., C, H, W]` maps -> `[..., H * W, C]`: one row of `C` values a pixel."""
+  *lead, channels, height, width = maps.shape
+  return jnp.swapaxes(maps.reshape(*lead, channels, height * width), -1, -2)
 
-  grid_sample's bilinear rule (zero padding, align_corners=False) summed in
-  its order, as `point_sample`, with each point's offsets and weights computed
-  once for all `C` maps. A neighbour off the map gets weight 0 and reads the
-  clamped border pixel (3x faster than selecting per value), which equals
-  grid_sample wherever the maps are finite; a non-finite border value may
-  then reach a point beside the map as NaN. A NaN or infinite point samples
-  NaN.
+
+def _sample_shared(table: jax.Array, size, point_coords: jax.Array, *,
+                   pixel_major: bool) -> jax.Array:
+  """`point_sample` of `C` maps at points they share -> `[P, C]`.
+
+  `table`: the `[C, H, W]` maps (`size = (H, W)`) as `[H * W, C]` rows
+  (`pixel_major`, `_pixel_rows`: a neighbour's `C` values are one contiguous
+  row, 2-3x faster to read on CPU) or as they are, `[C, H * W]`; sampled at
+  `point_coords [P, 2]` with grid_sample's bilinear rule (zero padding,
+  align_corners=False, `grid.py`) summed in its order, as `point_sample`,
+  each point's neighbours and weights computed once for all `C` maps. A
+  neighbour off the map gets weight 0 and reads the clamped border pixel (3x
+  faster than selecting per value), which equals grid_sample wherever the
+  maps are finite; a non-finite border value may then reach a point beside
+  the map as NaN. A NaN or infinite point samples NaN.
   """
-  channels, height, width = maps.shape
+  height, width = size
+  channels = table.shape[-1 if pixel_major else 0]
   if height * width == 0:
     return jnp.where(jnp.all(jnp.isfinite(point_coords), -1), 0.0,
-                     jnp.nan)[None].repeat(channels, 0).astype(maps.dtype)
+                     jnp.nan)[:, None].repeat(channels, 1).astype(table.dtype)
   ix, iy = grid.pixel_positions(point_coords, height, width)
   finite = jnp.isfinite(ix) & jnp.isfinite(iy)
   ix, iy = jnp.where(finite, ix, -2.0), jnp.where(finite, iy, -2.0)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
-  flat = maps.reshape(channels, height * width)
   values, weights = [], []
   neighbours = ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1))
   for (x, y), weight in zip(neighbours, grid.bilinear_weights(ix, iy)):
     on_map = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
     offset = (jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
               + jnp.clip(x, 0, width - 1).astype(jnp.int32))
-    values.append(jnp.take(flat, offset, axis=1))
-    weights.append(jnp.where(on_map, weight, 0))
+    values.append(jnp.take(table, offset, axis=0) if pixel_major else
+                  jnp.take(table, offset, axis=1).T)
+    weights.append(jnp.where(on_map, weight, 0)[:, None])
   out = grid.weighted_sum(values, weights)
-  return jnp.where(finite, out, jnp.nan).astype(maps.dtype)
+  return jnp.where(finite[:, None], out, jnp.nan).astype(table.dtype)
 
 
 # ---------------------------------------------------------------- matching
@@ -395,6 +418,7 @@ def mask2former_loss(
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
     num_matcher_points: int | None = None,
+    max_total_targets: int | None = None,
     axis_name=None,
     implementation: impl.Implementation | None = None,
 ) -> Mask2FormerLoss:
@@ -491,6 +515,13 @@ def mask2former_loss(
     importance_sample_ratio: fraction k / P of points chosen by uncertainty.
     num_matcher_points: M points for the matcher's cost; None: `num_points`,
       or 12544 when `num_points` is None.
+    max_total_targets: S, the most valid targets the batch holds, over all
+      its images (a static bound, 0 <= S <= B * T); None: B * T. The mask
+      losses then run over S slots per layer, the valid targets packed
+      first in (image, target) order, rather than over all B * T slots,
+      padded ones included: with 160 slots of which 92 are valid, the mask
+      losses cost about 92/160 as much. A batch with more than S valid
+      targets makes every loss NaN (no target is silently dropped).
     axis_name: the mapped axis (or axes) over which `num_masks` is summed,
       inside `shard_map`/`pmap`; None for one device.
     implementation: as in `point_sample`, for the sampling.
@@ -550,6 +581,16 @@ def mask2former_loss(
     num_matcher_points = 12544 if num_points is None else num_points
   num_matcher_points = checks.python_int(num_matcher_points,
                                          "num_matcher_points", 1)
+  all_slots = target_valid.size
+  if max_total_targets is not None:
+    max_total_targets = checks.python_int(max_total_targets,
+                                          "max_total_targets", 0)
+    if max_total_targets > all_slots:
+      raise ValueError(
+          f"max_total_targets must be <= batch * num_targets = {all_slots},"
+          f" got {max_total_targets}.")
+    if max_total_targets == all_slots:
+      max_total_targets = None
   num_classes = class_logits.shape[-1] - 1
   labels_ok = _labels_ok(target_labels, num_classes, target_valid)
   target_masks, masks_ok = _target_values(target_masks)
@@ -559,18 +600,21 @@ def mask2former_loss(
       target_valid, ok, weights=weights, cost_class=cost_class,
       num_points=num_points, oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio,
-      num_matcher_points=num_matcher_points, axis_name=axis_name,
+      num_matcher_points=num_matcher_points,
+      max_total_targets=max_total_targets, axis_name=axis_name,
       implementation=implementation)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "weights", "cost_class", "num_points", "oversample_ratio",
-    "importance_sample_ratio", "num_matcher_points", "axis_name",
+    "importance_sample_ratio", "num_matcher_points", "max_total_targets",
+    "axis_name",
     "implementation"))
 def _mask2former_loss(key, class_logits, mask_logits, target_labels,
                       target_masks, target_valid, ok, *, weights, cost_class,
                       num_points, oversample_ratio, importance_sample_ratio,
-                      num_matcher_points, axis_name, implementation):
+                      num_matcher_points, max_total_targets, axis_name,
+                      implementation):
   class_weight, mask_weight, dice_weight, no_object_weight = weights
   num_layers, batch_size = class_logits.shape[:2]
   num_classes = class_logits.shape[-1] - 1
@@ -592,7 +636,7 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
       xla_cpu=functools.partial(
           xla_cpu_matching.match_image_by_image,
           functools.partial(_match_image, cost_weights=cost_weights),
-          _sample_at_shared_points),
+          functools.partial(_match_every_image, cost_weights=cost_weights)),
       operands=(points, lax.stop_gradient(class_logits),
                 lax.stop_gradient(mask_logits), labels, target_masks,
                 target_valid))
@@ -607,7 +651,9 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
       loss_key, mask_logits, target_masks, target_valid, matching.query_index,
       num_masks, num_points=num_points, oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio,
-      implementation=implementation)
+      max_total_targets=max_total_targets, implementation=implementation)
+  if max_total_targets is not None:  # more valid targets than slots: NaN
+    ok = ok & (jnp.sum(target_valid) <= max_total_targets)
 
   loss_ce, loss_mask, loss_dice = (checks.nan_unless(ok, x) for x in (
       loss_ce, loss_mask, loss_dice))
@@ -622,22 +668,33 @@ def _mask2former_loss(key, class_logits, mask_logits, target_labels,
   return Mask2FormerLoss(total, losses)
 
 
-def _match_image(points, class_logits, mask_logits, labels, masks, valid, *,
-                 cost_weights, sample=None):
-  """One image: `mask_matching_cost` (unvalidated) + `hungarian_match`."""
-  cost = _matching_cost(class_logits, mask_logits, labels, masks, points,
-                        cost_weights, sample)
-  return _hungarian_match(cost, valid)
+def _match_image(points, class_logits, mask_logits, labels, target_masks,
+                 image, valid, *, cost_weights, apart=None):
+  """One image: `mask_matching_cost` (unvalidated) + `hungarian_match`.
+
+  The image's targets are `labels[image]`, `target_masks[image]` and
+  `valid[image]`, of the batch's `[B, T]`, `[B, T, Ht, Wt]` and `[B, T]`.
+  """
+  cost = _matching_cost(class_logits, mask_logits, labels[image], target_masks,
+                        image, points, cost_weights, apart)
+  return _hungarian_match(cost, valid[image])
 
 
 def _match_every_image(points, class_logits, mask_logits, labels,
                        target_masks, target_valid, *, cost_weights):
   """The plain matcher over `[L, B, ...]`: `_match_image`, vmapped."""
-  over_images = jax.vmap(functools.partial(_match_image,
-                                           cost_weights=cost_weights))
-  over_layers = jax.vmap(over_images, in_axes=(0, 0, 0, None, None, None))
+  over_images = jax.vmap(
+      functools.partial(_match_image, cost_weights=cost_weights),
+      in_axes=(0, 0, 0, None, None, 0, None))
+  over_layers = jax.vmap(over_images, in_axes=(0, 0, 0, None, None, None, None))
+  images = jnp.arange(class_logits.shape[1])
+  if images.size == 0:
+    # No image: mapped over none, one of zeros gives the (empty) shapes.
+    labels, target_masks, target_valid = (
+        jnp.zeros((1, *x.shape[1:]), x.dtype)
+        for x in (labels, target_masks, target_valid))
   return over_layers(points, class_logits, mask_logits, labels, target_masks,
-                     target_valid)
+                     images, target_valid)
 
 
 def _class_loss(class_logits, labels, target_index, num_classes,
@@ -657,19 +714,32 @@ def _class_loss(class_logits, labels, target_index, num_classes,
 
 def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
                  num_masks, *, num_points, oversample_ratio,
-                 importance_sample_ratio, implementation):
+                 importance_sample_ratio, max_total_targets, implementation):
   """`(loss_mask [L], loss_dice [L])` of the matched `[L, B, Q, H, W]` logits.
 
-  All `L * B * T` target slots at once, padded ones included and masked out.
+  All `L * B * T` target slots at once, padded ones included and masked out;
+  with `max_total_targets = S`, the valid targets packed into `L * 1 * S`.
   """
   num_layers, batch_size, _, height, width = mask_logits.shape
   num_targets = query_index.shape[-1]
+  query_index = jnp.maximum(query_index, 0)  # padded targets: query 0
+  if max_total_targets is not None:
+    # The valid targets first, in (image, target) order, as one image of S.
+    slot = jnp.argsort(~target_valid.reshape(-1), stable=True)[
+        :max_total_targets]
+    image, target = slot // num_targets, slot % num_targets
+    layer = jnp.arange(num_layers)[:, None]
+    matched = mask_logits[layer, image, query_index[:, image, target]][:, None]
+    target_masks = target_masks[image, target][None]
+    target_valid = target_valid[image, target][None]
+    batch_size, num_targets = 1, max_total_targets
+  else:
+    matched = jnp.take_along_axis(
+        mask_logits, query_index[..., None, None], axis=2)
   target_height, target_width = target_masks.shape[-2:]
   if batch_size * num_targets == 0:
     zeros = jnp.zeros((num_layers,), jnp.float32)
     return zeros, zeros
-  matched = jnp.take_along_axis(
-      mask_logits, jnp.maximum(query_index, 0)[..., None, None], axis=2)
   # A padded target's slot holds query 0's logits without gradient: its
   # losses are dropped below, and real logits keep the selection of its
   # points ordinary (all-equal scores, such as zeros, slow the XLA:CPU top-k).

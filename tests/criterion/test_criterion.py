@@ -483,15 +483,14 @@ def test_kernel_matcher_equals_the_plain_one():
   match = functools.partial(criterion._match_image, cost_weights=(2.0, 5.0, 5.0))
   plain = jax.jit(functools.partial(criterion._match_every_image,
                                     cost_weights=(2.0, 5.0, 5.0)))
-  kernel = jax.jit(functools.partial(xla_cpu_matching.match_image_by_image, match,
-                                     criterion._sample_at_shared_points))
+  kernel = jax.jit(functools.partial(xla_cpu_matching.match_image_by_image,
+                                     match, plain))
   args = (points, cl, ml, labels, masks, valid)
   for got, want in zip(kernel(*args), plain(*args)):
     np.testing.assert_array_equal(got, want)
-  cost = lambda sample: jax.jit(jax.vmap(lambda p, c, m: criterion._matching_cost(
-      c, m, labels[0], masks[0], p, (2.0, 5.0, 5.0), sample)))(
-          points[:, 0], cl[:, 0], ml[:, 0])
+  targets = jnp.asarray(masks, jnp.float32)
+  cost = lambda apart: jax.jit(jax.vmap(lambda p, c, m: criterion._matching_cost(
+      c, m, labels[1], targets, 1, p, (2.0, 5.0, 5.0), apart)))(
+          points[:, 1], cl[:, 1], ml[:, 1])
   from jaxmask._src.xla_cpu import barrier
-  apart = lambda maps, p: barrier.computed_apart(
-      criterion._sample_at_shared_points, maps, p)
-  np.testing.assert_array_equal(cost(apart), cost(None))
+  np.testing.assert_array_equal(cost(barrier.computed_apart), cost(None))

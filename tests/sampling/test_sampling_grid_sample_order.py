@@ -101,8 +101,12 @@ def test_the_criterions_shared_point_sampler_follows_grid_sample(kind):
   maps = _maps(kind, (5, 13, 29), rng)
   coords = rng.uniform(-0.1, 1.1, (3000, 2)).astype(_F)
   want = _np_grid_sample(maps[None], coords[None])[0]
-  got = jax.jit(criterion._sample_at_shared_points)(maps, coords)
-  np.testing.assert_array_equal(np.asarray(got), want)
+  for pixel_major in (True, False):
+    table = (criterion._pixel_rows(maps) if pixel_major else
+             maps.reshape(maps.shape[0], -1))
+    got = jax.jit(lambda t, c, pm=pixel_major: criterion._sample_shared(
+        t, maps.shape[-2:], c, pixel_major=pm))(table, coords)
+    np.testing.assert_array_equal(np.asarray(got).T, want)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 13, 29), (1, 1, 255, 257)])
