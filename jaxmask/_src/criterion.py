@@ -472,8 +472,10 @@ def mask2former_loss(
   fresh_key = jax.random.split(loss_key)`, that slot's candidates are row
   `(l * B + b) * T + t` of `jax.random.uniform(candidate_key, (L * B * T,
   int(P * r), 2))` and its fresh points the same row of
-  `jax.random.uniform(fresh_key, (L * B * T, P - k, 2))`. HF draws per layer
-  (final first, then auxiliary 0, 1, ...): each image's matcher points, then
+  `jax.random.uniform(fresh_key, (L * B * T, P - k, 2))`; with
+  `max_total_targets = S`, `L * S` slots in place of `L * B * T`, row `l * S +
+  s` holding the `s`-th valid target in (image, target) order. HF draws per
+  layer (final first, then auxiliary 0, 1, ...): each image's matcher points, then
   the candidates and then the fresh points of the matched masks ordered by
   image and query index; feed it those rows to reproduce a call. Every draw
   is float32 (`dtype=jnp.float32`), also under `jax_enable_x64`.

@@ -61,9 +61,18 @@ def _jax_matchings(key, class_logits, mask_logits, labels, masks, valid, *,
 
 
 def _hf_draws(key, valid, query_index, *, num_points, num_matcher_points,
-              oversample_ratio=3.0, importance_sample_ratio=0.75):
-  """jaxmask's draws in HF's `torch.rand` order (see `mask2former_loss`)."""
+              oversample_ratio=3.0, importance_sample_ratio=0.75,
+              max_total_targets=None):
+  """jaxmask's draws in HF's `torch.rand` order (see `mask2former_loss`).
+
+  With `max_total_targets = S`, layer l's slots are rows `l * S + s`, slot s
+  holding the s-th valid target in (image, target) order.
+  """
   L, B, T = query_index.shape
+  slots = B * T if max_total_targets is None else max_total_targets
+  packed = np.cumsum(valid.reshape(-1)).reshape(B, T) - 1
+  slot = (lambda b, t: b * T + t) if max_total_targets is None else (
+      lambda b, t: packed[b, t])
   points = _matcher_points(key, L, B, num_matcher_points)
   _, loss_key = jax.random.split(key)
   candidate_key, fresh_key = jax.random.split(loss_key)
@@ -71,16 +80,16 @@ def _hf_draws(key, valid, query_index, *, num_points, num_matcher_points,
   if num_points is not None:
     num_uncertain = int(importance_sample_ratio * num_points)
     candidates = np.asarray(jax.random.uniform(
-        candidate_key, (L * B * T, int(num_points * oversample_ratio), 2)))
+        candidate_key, (L * slots, int(num_points * oversample_ratio), 2)))
     fresh = np.asarray(jax.random.uniform(
-        fresh_key, (L * B * T, num_points - num_uncertain, 2)))
+        fresh_key, (L * slots, num_points - num_uncertain, 2)))
   for l in [L - 1] + list(range(L - 1)):  # HF: final layer, then aux 0, 1...
     for b in range(B):
       draws.append(points[l, b][None])
     if num_points is None:
       continue
     # HF orders the matched masks by image, then by query index.
-    rows = [(l * B + b) * T + t for b in range(B) for _, t in sorted(
+    rows = [l * slots + slot(b, t) for b in range(B) for _, t in sorted(
         (query_index[l, b, t], t) for t in range(T) if valid[b, t])]
     draws.append(candidates[rows])
     if num_points > num_uncertain:
@@ -111,7 +120,7 @@ KEY = jax.random.key(3)
 
 def _both(seed=0, *, key=KEY, num_points=24,
           num_matcher_points=None, implementation=None, problem=None,
-          cost_class=None, **shape):
+          cost_class=None, max_total_targets=None, **shape):
   """jaxmask's and torch_ref's (total, losses, grads) on one problem."""
   cl, ml, labels, masks, valid = problem or _problem(seed, **shape)
   m = num_matcher_points or (num_points or 12544)
@@ -121,7 +130,7 @@ def _both(seed=0, *, key=KEY, num_points=24,
     out = jaxmask.mask2former_loss(
         key, cl, ml, labels, masks, valid, num_points=num_points,
         num_matcher_points=num_matcher_points, cost_class=cost_class,
-        implementation=implementation)
+        max_total_targets=max_total_targets, implementation=implementation)
     return out.total, out
 
   (total, out), grads = jax.jit(jax.value_and_grad(
@@ -130,7 +139,8 @@ def _both(seed=0, *, key=KEY, num_points=24,
   query_index = _jax_matchings(key, cl, ml, labels, masks, valid,
                                num_matcher_points=m, cost_weights=weights)
   rand = _Rand(_hf_draws(key, valid, query_index, num_points=num_points,
-                         num_matcher_points=m))
+                         num_matcher_points=m,
+                         max_total_targets=max_total_targets))
   tcl = torch.from_numpy(cl.astype(np.float32)).to(_torch_dtype(cl.dtype))
   tml = torch.from_numpy(ml.astype(np.float32)).to(_torch_dtype(ml.dtype))
   tcl.requires_grad_(True)
@@ -190,6 +200,42 @@ def test_criterion_ten_layers_and_one():
   got, want = _both(3, L=1, counts=[2, 4])
   _assert_match(got, want)
   assert sorted(got[1]) == ["loss_cross_entropy", "loss_dice", "loss_mask"]
+
+
+@pytest.mark.parametrize("num_points", [24, None], ids=["points", "full-mask"])
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_max_total_targets_packs_the_valid_targets(implementation, num_points,
+                                                   extra):
+  """S slots a layer, the valid targets first: the same losses as torch_ref."""
+  got, want = _both(5, counts=[3, 1], T=5, max_total_targets=4 + extra,
+                    num_points=num_points, num_matcher_points=32,
+                    implementation=implementation)
+  _assert_match(got, want)
+
+
+def test_max_total_targets_below_the_valid_count_gives_nan():
+  """No target is silently dropped: more valid targets than slots is NaN."""
+  cl, ml, labels, masks, valid = _problem(6, counts=[3, 2])
+  loss = jax.jit(lambda v: jaxmask.mask2former_loss(
+      jax.random.key(0), cl, ml, labels, masks, v, num_points=8,
+      max_total_targets=4))
+  out = loss(valid)  # 5 valid targets, 4 slots
+  assert all(np.isnan(x) for x in out.losses.values()) and np.isnan(out.total)
+  fewer = valid & (np.cumsum(valid, axis=1) <= 2)  # 4 valid targets
+  assert np.isfinite(loss(fewer).total)
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (-1, ValueError, "max_total_targets must be"),
+    (9, ValueError, "max_total_targets must be <= batch \\* num_targets = 8"),
+    (2.5, TypeError, "max_total_targets"),
+    (jnp.int32(3), TypeError, "max_total_targets"),
+])
+def test_max_total_targets_bad_values_are_named(value, error, match):
+  cl, ml, labels, masks, valid = _problem(7)
+  with pytest.raises(error, match=match):
+    jaxmask.mask2former_loss(jax.random.key(0), cl, ml, labels, masks, valid,
+                             num_points=8, max_total_targets=value)
 
 
 def test_criterion_full_mask_losses(implementation):
