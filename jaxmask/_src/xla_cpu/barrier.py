@@ -12,7 +12,7 @@ always true but opaque to the compiler. Other platforms call `fn` directly.
 What it must equal: `fn(x, *args)`, bit for bit.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 from jax import lax
@@ -26,8 +26,9 @@ def _always_true(x: jax.Array) -> jax.Array:
   return ~(x.reshape(-1)[0].astype(jnp.float32) > jnp.inf)
 
 
-def computed_apart(fn: Callable[..., jax.Array], x: jax.Array, *args):
-  """`fn(x, *args)`, computed in its own pass on CPU (see module docstring)."""
+def computed_apart(fn: Callable[..., Any], x: jax.Array, *args) -> Any:
+  """`fn(x, *args)` (an array or a tuple of them), computed in its own pass
+  on CPU (see module docstring)."""
   if x.size == 0:
     return fn(x, *args)
 
