@@ -40,7 +40,9 @@ import contextlib
 import functools
 import pathlib
 import re
+import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -397,3 +399,158 @@ def main():
 
 if __name__ == "__main__":
   main()
+
+
+# --------------------------------------------------------- where the time goes
+
+# The same breakdown measured before issue 22's changes (commit 7d87f6b,
+# 0.2.0), on this machine on 2026-12-06, medians of 5 (bool targets as
+# constants of the program, so their conversion to float32 was folded away):
+# the matcher sampled both masks map-major in `lax.map` and copied each
+# image's targets, its costs took a softplus, a log1p and an exp per logit,
+# and the mask losses ran over all L * B * T slots.
+PARTS_BEFORE = {
+    "L=10, B=2, 20+13 valid targets": {
+        "matcher: predictions sampled at the shared points": 156.0,
+        "matcher: targets sampled at the shared points": 112.3,
+        "matcher: pairwise costs": 61.9,
+        "matcher: assignment (hungarian_match)": 1.6,
+        "matcher, XLA:CPU loop (what runs)": 306.8,
+        "matcher, plain vmapped (the accelerators' program)": 811.0,
+        "mask losses, forward": 241.4,
+        "mask losses, forward + backward": 399.0,
+        "class loss, forward + backward": 0.4,
+        "whole criterion, forward + backward": 722.8,
+    },
+    "L=1, B=8, 20+12+10+10+10+10+10+10 valid targets": {
+        "matcher: predictions sampled at the shared points": 64.3,
+        "matcher: targets sampled at the shared points": 45.3,
+        "matcher: pairwise costs": 28.6,
+        "matcher: assignment (hungarian_match)": 1.0,
+        "matcher, XLA:CPU loop (what runs)": 123.2,
+        "matcher, plain vmapped (the accelerators' program)": 316.9,
+        "mask losses, forward": 132.5,
+        "mask losses, forward + backward": 168.6,
+        "class loss, forward + backward": 0.2,
+        "whole criterion, forward + backward": 284.3,
+    },
+}
+
+
+def _median_ms(fn, args, reps):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times)
+
+
+def criterion_parts(config, reps=5, *, max_total_targets=None):
+  """Per-part medians (ms) of the criterion on `config`, through its internals.
+
+  The parts are jitted alone, over every layer and image as the criterion
+  runs them: the matcher's two samplings (predictions pixel-major, their
+  transpose included; targets read in place), its pairwise costs, the
+  assignments, the whole matcher (the XLA:CPU loop that runs on CPU and the
+  plain vmapped program that runs on accelerators), the mask losses forward
+  and forward + backward, the class loss, and the whole criterion (forward +
+  backward, targets as arguments). Maintainers' numbers: private functions.
+  """
+  from jaxmask._src import criterion as C
+  from jaxmask._src.xla_cpu import barrier
+  from jaxmask._src.xla_cpu import matching as xla_cpu_matching
+
+  L, B, counts = config["L"], config["B"], config["counts"]
+  cl, ml, labels, masks, valid = (jnp.asarray(x) for x in criterion_inputs(
+      L, B, counts))
+  masks = masks.astype(jnp.float32)
+  P = run.P
+  key = jax.random.key(0)
+  points = jax.random.uniform(key, (L, B, P, 2), jnp.float32)
+  weights = (2.0, 5.0, 5.0)
+  size, tsize = ml.shape[-2:], masks.shape[-2:]
+  flat = lambda x: x.reshape(L * B, *x.shape[2:])
+  images = jnp.tile(jnp.arange(B), L)
+
+  # Image by image, computed apart from their consumers, as the loop does.
+  def sample_preds(ml, points):
+    return jax.lax.map(lambda a: barrier.computed_apart(
+        lambda rows, p: C._sample_shared(rows, size, p, pixel_major=True),
+        C._pixel_rows(a[0]), a[1]), (flat(ml), flat(points)))
+
+  def sample_targets(masks, points):
+    return jax.lax.map(lambda a: barrier.computed_apart(
+        lambda m, i, p: C._sample_shared(
+            m[i].reshape(m.shape[1], -1), tsize, p, pixel_major=False),
+        masks, a[1], a[0]), (flat(points), images))
+
+  pred = jax.jit(sample_preds)(ml, points)
+  target = jax.jit(sample_targets)(masks, points)
+  costs = jax.jit(lambda p, t: jax.lax.map(
+      lambda a: C._pairwise_mask_costs(*a), (p, t)))
+  cost = jnp.sum(jnp.stack(costs(pred, target)), 0)
+  assign = jax.jit(lambda c, v: jax.vmap(C._hungarian_match)(c, v))
+  kernel = functools.partial(
+      xla_cpu_matching.match_image_by_image,
+      functools.partial(C._match_image, cost_weights=weights),
+      functools.partial(C._match_every_image, cost_weights=weights))
+  plain = functools.partial(C._match_every_image, cost_weights=weights)
+  match_args = (points, cl, ml, labels, masks, valid)
+  matching = jax.jit(kernel)(*match_args)
+  num_masks = jnp.float32(sum(counts))
+
+  def mask_losses(ml, masks, valid, query_index, target_index):
+    loss_mask, loss_dice = C._mask_losses(
+        key, ml, masks, valid, query_index, target_index,
+        num_masks, num_points=P, oversample_ratio=run.R,
+        importance_sample_ratio=run.BETA, max_total_targets=max_total_targets,
+        implementation=None)
+    return jnp.sum(loss_mask) + jnp.sum(loss_dice)
+
+  loss_args = (ml, masks, valid, matching.query_index, matching.target_index)
+  class_loss = jax.vmap(C._class_loss, in_axes=(0, None, 0, None, None))
+  whole = jax.value_and_grad(
+      lambda cl, ml, labels, masks, valid: jaxmask.mask2former_loss(
+          key, cl, ml, labels, masks, valid,
+          max_total_targets=max_total_targets).total, argnums=(0, 1))
+  parts = [
+      ("matcher: predictions sampled at the shared points", sample_preds,
+       (ml, points)),
+      ("matcher: targets sampled at the shared points", sample_targets,
+       (masks, points)),
+      ("matcher: pairwise costs", costs, (pred, target)),
+      ("matcher: assignment (hungarian_match)", assign,
+       (cost, jnp.tile(valid, (L, 1)))),
+      ("matcher, XLA:CPU loop (what runs)", kernel, match_args),
+      ("matcher, plain vmapped (the accelerators' program)", plain,
+       match_args),
+      ("mask losses, forward", mask_losses, loss_args),
+      ("mask losses, forward + backward", jax.value_and_grad(mask_losses),
+       loss_args),
+      ("class loss, forward + backward", jax.value_and_grad(
+          lambda cl: class_loss(cl, labels, matching.target_index,
+                                run.CRITERION["K"], 0.1).sum()), (cl,)),
+      ("whole criterion, forward + backward", whole,
+       (cl, ml, labels, masks, valid)),
+  ]
+  return [(name, _median_ms(jax.jit(fn), args, reps))
+          for name, fn, args in parts]
+
+
+def parts_table(reps=5):
+  """Markdown lines: before (PARTS_BEFORE) and now, per part, both configs."""
+  lines = ["| config | part | before (7d87f6b) ms | now ms | now, "
+           "`max_total_targets` = valid count, ms |", "|---|---|---|---|---|"]
+  for config in CONFIGS:
+    what = _describe(config)
+    now = criterion_parts(config, reps)
+    capped = dict(criterion_parts(config, reps,
+                                  max_total_targets=sum(config["counts"])))
+    before = PARTS_BEFORE.get(what, {})
+    for name, ms in now:
+      cap = capped[name] if "mask losses" in name or "whole" in name else None
+      lines.append(f"| {what} | {name} | {before.get(name, float('nan')):.1f} | "
+                   f"{ms:.1f} | {'' if cap is None else f'{cap:.1f}'} |")
+  return lines
