@@ -59,7 +59,8 @@ def take_points(candidates: jax.Array, index: jax.Array) -> jax.Array:
 def _most_uncertain(logits, candidates, num_uncertain, score, finite_coords):
   """The `num_uncertain` best candidates of each mask, any number of masks."""
   scores = score(sampler.point_sample(logits, candidates,
-                                      finite_coords=finite_coords))
+                                      finite_coords=finite_coords,
+                                      positions_apart=True))
   num_candidates = candidates.shape[1]
   if num_uncertain == 0:
     index = jnp.zeros((candidates.shape[0], 0), jnp.int32)
