@@ -203,7 +203,7 @@ def test_criterion_ten_layers_and_one():
 
 
 @pytest.mark.parametrize("num_points", [24, None], ids=["points", "full-mask"])
-@pytest.mark.parametrize("extra", [0, 1, 2])
+@pytest.mark.parametrize("extra", [0, 2])
 def test_max_total_targets_packs_the_valid_targets(implementation, num_points,
                                                    extra):
   """S slots a layer, the valid targets first: the same losses as torch_ref."""
