@@ -163,8 +163,13 @@ def criterion_inputs(L, B, counts, *, size=None, target_size=512, seed=0):
           labels, masks, valid)
 
 
-def _hf_step(L, B, counts, *, size, target_size, num_points, seed):
-  """run.py's `hf_criterion_step`: HF's Mask2FormerLoss, forward + backward."""
+def hf_criterion_step(L, B, counts, *, size=None, target_size=512,
+                      num_points=12544, seed=0):
+  """HF's Mask2FormerLoss on `criterion_inputs`, forward + backward.
+
+  Returns a function running one step, weighted as HF's `get_loss_dict` and
+  summed as its `get_loss` (float32 targets; run.py times it).
+  """
   K = run.CRITERION["K"]
   cl, ml, labels, masks, valid = criterion_inputs(
       L, B, counts, size=size, target_size=target_size, seed=seed)
@@ -260,7 +265,7 @@ def hf_host_round_trips(L, B, counts=None, *, size=None, target_size=512,
   if hf is None:
     raise ImportError("hf_host_round_trips needs transformers")
   counts = (run.CRITERION["T"],) * B if counts is None else counts
-  step = _hf_step(L, B, counts, size=size, target_size=target_size,
+  step = hf_criterion_step(L, B, counts, size=size, target_size=target_size,
                   num_points=num_points, seed=seed)
   step()
   calls = collections.Counter()

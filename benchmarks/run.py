@@ -259,16 +259,11 @@ CRITERION = dict(L=10, B=2, Q=100, K=133, T=20, counts=(20, 13), size=128)
 
 
 def _criterion_inputs(target_size, seed=0):
+  """CRITERION's problem at `target_size`: `criterion_extras.criterion_inputs`."""
+  import criterion_extras
   c = CRITERION
-  rng = np.random.default_rng(seed)
-  class_logits = rng.normal(size=(c["L"], c["B"], c["Q"], c["K"] + 1))
-  mask_logits = rng.normal(size=(c["L"], c["B"], c["Q"], c["size"],
-                                 c["size"])) * 3
-  labels = rng.integers(0, c["K"], size=(c["B"], c["T"])).astype(np.int32)
-  masks = rng.random((c["B"], c["T"], target_size, target_size)) > 0.5
-  valid = np.arange(c["T"])[None, :] < np.array(c["counts"])[:, None]
-  return (class_logits.astype(np.float32), mask_logits.astype(np.float32),
-          labels, masks, valid)
+  return criterion_extras.criterion_inputs(
+      c["L"], c["B"], c["counts"], target_size=target_size, seed=seed)
 
 
 def bench_criterion(reps, rows):
@@ -299,6 +294,8 @@ def _bench_criterion_config(config, reps, rows):
   what = (f"L={L}, B={B}, Q={CRITERION['Q']}, K={CRITERION['K']}, "
           f"{'+'.join(map(str, counts))} targets of {CRITERION['T']}, "
           f"{CRITERION['size']}² logits, 512² targets")
+  hf_step = (criterion_extras.hf_criterion_step(L, B, counts, num_points=P)
+             if hf else None)
   for cap in (None, sum(counts)):
     step = jax.jit(jax.value_and_grad(
         lambda cl, ml, labels, masks, valid, cap=cap: jaxmask.mask2former_loss(
@@ -306,22 +303,6 @@ def _bench_criterion_config(config, reps, rows):
             max_total_targets=cap).total, argnums=(0, 1)))
     option = "" if cap is None else f", max_total_targets={cap}"
     if hf:
-      config_hf = transformers.Mask2FormerConfig(num_labels=CRITERION["K"])
-      weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0,
-                 "loss_dice": 5.0}
-      criterion = hf.Mask2FormerLoss(config_hf, weights)
-
-      def hf_step(criterion=criterion, weights=weights):
-        cl_ = tcl.clone().requires_grad_(True)
-        ml_ = tml.clone().requires_grad_(True)
-        aux = [{"masks_queries_logits": ml_[l], "class_queries_logits": cl_[l]}
-               for l in range(L - 1)]
-        losses = criterion(ml_[-1], cl_[-1], tmasks, tlabels,
-                           auxiliary_predictions=aux or None)
-        # get_loss_dict's weighting, then get_loss's sum.
-        sum(v * sum(w for n, w in weights.items() if n in k)
-            for k, v in losses.items()).backward()
-
       jt, tt, compile_s = _compare(lambda step=step: step(*args), hf_step,
                                    reps)
       rows.append((f"vs HF transformers: Mask2FormerLoss fwd+bwd, {what}"
