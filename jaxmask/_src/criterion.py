@@ -509,7 +509,7 @@ def mask2former_loss(
     target_labels: `[B, T]` integer labels in [0, K) (padded entries
       unchecked).
     target_masks: `[B, T, Ht, Wt]` target masks in [0, 1] (bool allowed), at
-      any resolution.
+      any resolution; traced ones outside [0, 1] or NaN make every loss NaN.
     target_valid: `[B, T]` bool, False for padding. `T <= Q`.
     class_weight: weight of the cross-entropy in `total` and the matcher.
     mask_weight: weight of `loss_mask` in `total` and the matcher.

@@ -54,7 +54,7 @@ def _per_mask_inputs(logits, labels, num_masks):
   """Validated `[num_masks, num_points]` inputs in float32+, and `ok`.
 
   `ok` is False (traced) where a traced `num_masks` is not a finite number
-  > 0 or traced labels leave [0, 1]: the loss is then NaN. Concrete values
+  > 0 or traced labels leave [0, 1] or hold NaN: the loss is then NaN. Concrete values
   are checked here and raise.
   """
   logits, labels = checks.array(logits, "logits"), checks.array(labels, "labels")
@@ -281,7 +281,7 @@ def point_mask_losses(
     target_masks: `[num_masks, target_height, target_width]` targets in [0, 1]
       (bool or integer targets are cast to the dtype of `pred_masks`).
       Checked when concrete; traced, the losses are NaN if a sampled label
-      lies outside [0, 1] (0/255 masks: pass `masks > 127`).
+      lies outside [0, 1] or is NaN (0/255 masks: pass `masks > 127`).
     num_masks: scalar normaliser > 0, e.g. from `num_masks_normalizer`;
       checked when concrete, a traced one out of range makes the losses NaN.
     num_points: P >= 1 points per mask.

@@ -468,6 +468,16 @@ def test_padded_labels_are_not_checked_and_traced_bad_labels_give_nan():
   assert np.isnan(traced(bad))
 
 
+def test_traced_targets_outside_the_unit_interval_or_nan_give_nan():
+  cl, ml, labels, masks, valid = _problem(15, counts=[2, 2])
+  loss = jax.jit(lambda m: jaxmask.mask2former_loss(
+      jax.random.key(0), cl, ml, labels, m, valid, num_points=8).total)
+  assert np.isfinite(loss(masks))
+  for bad in (np.nan, 1.5, -0.5):
+    assert np.isnan(loss(np.where(np.arange(masks.size).reshape(masks.shape)
+                                  == 7, bad, masks).astype(np.float32))), bad
+
+
 # ------------------------------------------------------ HF transformers
 
 
