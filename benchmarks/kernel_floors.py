@@ -45,7 +45,8 @@ def bench_floors(n, size, reps):
   start = jax.jit(lambda c: xla_cpu_sampler.positions_and_block_starts(
       c, jl.shape, padded=True)[2])(jc)
   loop = jax.jit(lambda f, s, c: xla_cpu_sampler.interpolate(
-      f, s, *grid.pixel_positions(c, size, size), padded.shape[2:], False))
+      f, s, *grid.pixel_positions(c, size, size), None, padded.shape[2:],
+      False, 1))
   flat = padded.reshape(-1)
   np.testing.assert_allclose(loop(flat, start, jc), jaxmask.point_sample(jl, jc)[:, 0],
                              atol=1e-6)

@@ -750,14 +750,18 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
         slot].set(jnp.arange(max_total_targets, dtype=jnp.int32))
     reader = jnp.where(matched_target >= 0,
                        slot_of[jnp.maximum(matched_target, 0)], -1)
-    target_masks = target_masks[image, target][None]
     target_valid = target_valid[image, target][None]
-    batch_size, num_targets = 1, max_total_targets
   # A padded target's slot reads query 0.
   query = jnp.maximum(query_index[:, image, target], 0)
   matched = _read_slots(mask_logits, image, query, reader)
-  matched = matched.reshape(num_layers, batch_size, num_targets, height, width)
   target_height, target_width = target_masks.shape[-2:]
+  # Slot n's target, read in place from the `[B * T, Ht, Wt]` targets.
+  target_rows = image * num_targets + target
+  target_masks = target_masks.reshape(batch_size * num_targets, 1,
+                                      target_height, target_width)
+  if max_total_targets is not None:  # as one image of S targets
+    batch_size, num_targets = 1, max_total_targets
+  matched = matched.reshape(num_layers, batch_size, num_targets, height, width)
   # A padded target's slot holds query 0's logits without gradient: its
   # losses are dropped below, and real logits keep the selection of its
   # points ordinary (all-equal scores, such as zeros, slow the XLA:CPU top-k).
@@ -772,6 +776,8 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
         matched, matched.shape[:3] + (target_height, target_width),
         method="linear", antialias=False)
     logits = logits.reshape(num_layers, batch_size, num_targets, -1)
+    if max_total_targets is not None:
+      target_masks = target_masks[target_rows]
     labels = target_masks.reshape(1, batch_size, num_targets, -1)
   else:
     points = sampling.sample_points_using_uncertainty(
@@ -788,8 +794,8 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
     points = points.transpose(1, 0, 2, 3).reshape(batch_size * num_targets,
                                                   num_layers * num_points, 2)
     labels = sampling.sample_at_drawn_points(
-        target_masks.reshape(batch_size * num_targets, 1, target_height,
-                             target_width), points, implementation)
+        target_masks, points, implementation,
+        None if max_total_targets is None else target_rows)
     labels = labels.reshape(batch_size, num_targets, num_layers, num_points)
     labels = lax.stop_gradient(labels.transpose(2, 0, 1, 3))
   ce = point_losses.bce_with_logits(logits, labels).mean(axis=-1)

@@ -174,22 +174,33 @@ def _point_sample_core(inputs, point_coords, implementation):
 
 
 def sample_at_drawn_points(inputs: jax.Array, point_coords: jax.Array,
-                           implementation: impl.Implementation | None):
+                           implementation: impl.Implementation | None,
+                           rows: jax.Array | None = None):
   """`point_sample` at points jaxmask drew itself (finite, in [0, 1)).
 
   For the losses and the criterion, whose points come from
   `sample_points_using_uncertainty` or `jax.random.uniform`: the kernel may
-  then leave out its NaN-coordinate passes (`finite_coords`).
+  then leave out its NaN-coordinate passes (`finite_coords`). With `rows
+  [N]`, `point_coords[n]` are read from `inputs[rows[n]]` (the kernel reads
+  them in place, without copying `inputs[rows]`).
   """
-  num_masks, channels, height, width = inputs.shape
+  num_masks = point_coords.shape[0]
+  _, channels, height, width = inputs.shape
   if 0 in (num_masks, channels, height, width, point_coords.shape[1]):
     return jnp.zeros((num_masks, channels, point_coords.shape[1]),
                      inputs.dtype)
+  if rows is None:
+    return impl.choose(
+        implementation, plain=_point_sample,
+        xla_cpu=functools.partial(xla_cpu_sampler.point_sample,
+                                  finite_coords=True),
+        operands=(inputs, point_coords))
   return impl.choose(
-      implementation, plain=_point_sample,
-      xla_cpu=functools.partial(xla_cpu_sampler.point_sample,
-                                finite_coords=True),
-      operands=(inputs, point_coords))
+      implementation,
+      plain=lambda inputs, coords, rows: _point_sample(inputs[rows], coords),
+      xla_cpu=lambda inputs, coords, rows: xla_cpu_sampler.point_sample(
+          inputs, coords, finite_coords=True, rows=rows),
+      operands=(inputs, point_coords, rows))
 
 
 def point_sample_single(

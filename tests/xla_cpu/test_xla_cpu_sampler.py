@@ -79,6 +79,48 @@ def test_kernel_sampler_paths_match_plain_and_oracle(monkeypatch, n, c, h, w):
     np.testing.assert_allclose(got[2], plain[2], atol=1e-5)
 
 
+@pytest.mark.parametrize("path", list(_SAMPLER_PATHS))
+@pytest.mark.parametrize("c", [1, 3])
+def test_kernel_sampler_reads_rows_in_place(monkeypatch, path, c):
+  """`rows`: the points of row n read map `inputs[rows[n]]`, not a copy.
+
+  The same values as sampling `inputs[rows]` (bit for bit) and the same
+  gradient (a map read by two rows gets both rows' gradients; a map read by
+  none, zero), on both sampler paths and past the flat-index limit.
+  """
+  inputs, coords = _data(12, 5, c, 9, 7, 50, -0.2, 1.2)
+  coords = np.concatenate([coords, coords[:2] * 0.5 + 0.25])  # 7 rows
+  rows = np.array([4, 0, 4, 2, 2, 1, 0], np.int32)  # map 3 read by none
+  weights = np.random.default_rng(13).normal(size=(7, c, 50)).astype(
+      np.float32)
+  monkeypatch.setattr(sampler, "_PIXELS_PER_POINT_TO_CLAMP",
+                      _SAMPLER_PATHS[path])
+
+  def run():  # traced afresh (thresholds patched)
+    sample = jax.jit(lambda x, p, r: sampler.point_sample(x, p, rows=r))
+    grad = jax.jit(jax.grad(lambda x, p, r: (
+        sampler.point_sample(x, p, rows=r) * weights).sum()))
+    return sample(inputs, coords, rows), grad(inputs, coords, rows)
+
+  def copied():
+    sample = jax.jit(lambda x, p: sampler.point_sample(x, p))
+    grad = jax.jit(jax.grad(lambda x, p: (
+        sampler.point_sample(x, p) * weights).sum()))
+    return sample(inputs[rows], coords), grad(inputs[rows], coords)
+
+  got, grad = run()
+  want, grad_copy = copied()
+  np.testing.assert_array_equal(got, want)
+  want_grad = np.zeros_like(inputs)
+  np.add.at(want_grad, rows, np.asarray(grad_copy))
+  np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+  np.testing.assert_array_equal(grad[3], 0)
+  monkeypatch.setattr(sampler, "MAX_FLAT_INDEX", 100)  # the copying fallback
+  got, grad = run()
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+
+
 @pytest.mark.parametrize("h,w", [(256, 256), (255, 257)])
 def test_kernel_sampler_paths_on_maps_past_16_bit_offsets(monkeypatch, h, w):
   """256² fits 16-bit offsets unpadded, not padded; 255 x 257 fits neither."""
@@ -154,8 +196,9 @@ def test_kernel_chunked_selection_equals_whole(monkeypatch, num_masks):
   assert_same_selection_as_plain(whole[0], logits, candidates, 40, "xla_cpu")
   assert_same_selection_as_plain(whole[1], logits, drawn, 75, "xla_cpu")
   monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * 300 * 4)  # 4 masks
-  expected_chunk = 4 if num_masks == 12 else num_masks  # 7: no divisor
-  assert selection.rows_per_chunk(num_masks, 300) == expected_chunk
+  # 12: three chunks of 4; 7 (no divisor in 2..4): one chunk of 4, then the
+  # 3 rows left over in one more call.
+  assert selection.rows_per_chunk(num_masks, 300) == 4
   chunked = run()
   for got, want in zip(chunked, whole):
     np.testing.assert_array_equal(got, want)

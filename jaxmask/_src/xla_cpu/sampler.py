@@ -38,7 +38,8 @@ _PIXELS_PER_POINT_TO_CLAMP = 8
 
 def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
                  finite_coords: bool = False,
-                 positions_apart: bool = False) -> jax.Array:
+                 positions_apart: bool = False,
+                 rows: jax.Array | None = None) -> jax.Array:
   """The kernel's entry point: validated `[N, C, H, W]` maps, `[N, P, 2]` points.
 
   `finite_coords=True` is the caller's promise that every coordinate is
@@ -48,10 +49,17 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
   `positions_apart=True` computes the pixel positions once, in the pass of
   the block offsets, rather than where they are used: ~20% faster inside the
   selection's loop over chunks of masks, ~35% slower for a whole batch.
+  `rows [N]`, if given, reads the points of row n from map `inputs[rows[n]]`
+  of `[R, C, H, W]` maps, in place: the same as `inputs[rows]`, without the
+  copy.
 
   Returns `[N, C, P]` values in the dtype of `inputs`.
   """
-  num_masks, channels, height, width = inputs.shape
+  num_maps, channels, height, width = inputs.shape
+  num_masks = point_coords.shape[0]
+  if rows is not None and (
+      num_maps * channels * (height + 2) * (width + 2) > MAX_FLAT_INDEX):
+    rows, inputs = None, inputs[rows]
   if num_masks > 1 and (
       num_masks * channels * (height + 2) * (width + 2) > MAX_FLAT_INDEX):
     # Flat int32 offsets would overflow: gather map by map instead.
@@ -65,21 +73,22 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
       jnp.promote_types(point_coords.dtype, jnp.float32))
   clamped = (min(height, width) >= 2 and point_coords.shape[1]
              * _PIXELS_PER_POINT_TO_CLAMP <= height * width)
-  ix, iy, start = positions_and_block_starts(point_coords, inputs.shape,
+  ix, iy, start = positions_and_block_starts(point_coords,
+                                             (num_masks, *inputs.shape[1:]),
                                              padded=not clamped)
   if not positions_apart:  # recomputed where used (their pass is left out)
     ix, iy = grid.pixel_positions(point_coords, height, width)
     if channels > 1:
       ix, iy = ix[:, None, :], iy[:, None, :]
   if clamped:
-    out = interpolate(inputs.reshape(-1), start, ix, iy, inputs.shape[2:],
-                      True)
+    out = interpolate(inputs.reshape(-1), start, ix, iy, rows,
+                      inputs.shape[2:], True, channels)
   else:
     # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
     # addressable, so each point reads two (left, right) pairs: rows y0, y1.
     padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = interpolate(padded.reshape(-1), start, ix, iy, padded.shape[2:],
-                      False)
+    out = interpolate(padded.reshape(-1), start, ix, iy, rows,
+                      padded.shape[2:], False, channels)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
   # Outside the map: +0, or NaN for a NaN or infinite position (grid_sample's
@@ -118,15 +127,21 @@ def positions_and_block_starts(point_coords, shape, *, padded):
   return barrier.computed_apart(apart, point_coords)
 
 
-def _flat_start(start: jax.Array, num_maps: int, map_size: int) -> jax.Array:
+def _flat_start(start: jax.Array, channels: int, map_size: int,
+                rows: jax.Array | None) -> jax.Array:
   """Offsets within maps, `[N, P]` or `[N, 1, P]` -> `[N, P]` or `[N, C, P]`.
 
-  The `num_maps = N * C` maps of `map_size` values each lie in one flat array.
+  The `[R, C]` maps of `map_size` values each lie in one flat array; row n's
+  points lie in map row `rows[n]` (`n` where `rows` is None).
   """
   shape = start.shape
   if start.ndim == 3:
-    shape = (shape[0], num_maps // shape[0], shape[2])
-  index = lax.broadcasted_iota(jnp.int32, shape, 0)
+    shape = (shape[0], channels, shape[2])
+  if rows is None:
+    index = lax.broadcasted_iota(jnp.int32, shape, 0)
+  else:
+    index = jnp.broadcast_to(
+        rows.astype(jnp.int32).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
   if start.ndim == 3:
     index = index * shape[1] + lax.broadcasted_iota(jnp.int32, shape, 1)
   return index * map_size + start.astype(jnp.int32)
@@ -191,14 +206,15 @@ def _scatter_add_pairs(flat: jax.Array, start: jax.Array,
                          dims, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def interpolate(flat, start, ix, iy, map_shape, clamped):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def interpolate(flat, start, ix, iy, rows, map_shape, clamped, channels):
   """Bilinear values at `ix, iy` from `[H', W']` maps, flat.
 
-  `start`: each point's block within its map (see `_neighbours`).
+  `start`: each point's block within its map (see `_neighbours`); `rows`:
+  each row's map (see `_flat_start`).
   """
-  start = _flat_start(start, flat.size // math.prod(map_shape),
-                      math.prod(map_shape))
+  start = _flat_start(start, channels,
+                      math.prod(map_shape), rows)
   values = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix, iy,
                        map_shape, clamped)
   return grid.weighted_sum(values, grid.bilinear_weights(ix, iy))
@@ -215,16 +231,16 @@ def _read_pairs(flat, start, row_len) -> tuple[jax.Array, jax.Array]:
                            gather_pairs(flat, start + row_len)), flat, start)
 
 
-def _interpolate_fwd(flat, start, ix, iy, map_shape, clamped):
-  out = interpolate(flat, start, ix, iy, map_shape, clamped)
-  return out, (flat, start, ix, iy)
+def _interpolate_fwd(flat, start, ix, iy, rows, map_shape, clamped, channels):
+  out = interpolate(flat, start, ix, iy, rows, map_shape, clamped, channels)
+  return out, (flat, start, ix, iy, rows)
 
 
-def _interpolate_bwd(map_shape, clamped, residuals, g):
+def _interpolate_bwd(map_shape, clamped, channels, residuals, g):
   # Written out so that the gradient `g` is computed once, not once per row
   # of neighbours, and both rows scatter into one buffer (autodiff's
   # transpose took 2x longer).
-  flat, start, ix, iy = residuals
+  flat, start, ix, iy, rows = residuals
   g = barrier.computed_apart(lambda g: g, g)
   # Points outside the map, NaN and infinite ones included, get g = 0 from
   # the forward pass's select; their weights may be NaN, so they are zeroed
@@ -233,8 +249,8 @@ def _interpolate_bwd(map_shape, clamped, residuals, g):
   w = [jnp.where(outside, 0, weight) for weight in grid.bilinear_weights(ix, iy)]
   d_upper, d_lower = _transpose_neighbours([g * wi for wi in w], ix, iy,
                                            map_shape, clamped)
-  start = _flat_start(start, flat.size // math.prod(map_shape),
-                      math.prod(map_shape))
+  start = _flat_start(start, channels,
+                      math.prod(map_shape), rows)
   d_flat = _scatter_add_pairs(jnp.zeros_like(flat), start, d_upper)
   d_flat = _scatter_add_pairs(d_flat, start + map_shape[1], d_lower)
   # Through the weights, for gradients with respect to the points.
@@ -248,7 +264,7 @@ def _interpolate_bwd(map_shape, clamped, residuals, g):
   unbroadcast = lambda d: jnp.sum(d, axis=tuple(
       a for a, (m, n) in enumerate(zip(d.shape, ix.shape)) if m != n),
                                   keepdims=True)
-  return d_flat, None, unbroadcast(d_ix), unbroadcast(d_iy)
+  return d_flat, None, unbroadcast(d_ix), unbroadcast(d_iy), None
 
 
 interpolate.defvjp(_interpolate_fwd, _interpolate_bwd)
