@@ -798,8 +798,7 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
         None if max_total_targets is None else target_rows)
     labels = labels.reshape(batch_size, num_targets, num_layers, num_points)
     labels = lax.stop_gradient(labels.transpose(2, 0, 1, 3))
-  ce = point_losses.bce_with_logits(logits, labels).mean(axis=-1)
-  dice = point_losses.dice_per_mask(logits, labels)
+  ce, dice = point_losses.ce_and_dice_per_mask(logits, labels)
   valid = target_valid[None]
   return (jnp.sum(jnp.where(valid, ce, 0.0), axis=(1, 2)) / num_masks,
           jnp.sum(jnp.where(valid, dice, 0.0), axis=(1, 2)) / num_masks)

@@ -156,18 +156,71 @@ def dice_loss(logits: jax.typing.ArrayLike,
   return checks.nan_unless(ok, _dice(logits, labels, num_masks))
 
 
-def dice_per_mask(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """`[num_masks]` soft dice losses of `[num_masks, num_points]` inputs."""
-  probs = jax.nn.sigmoid(logits)
+def _dice_numerator(probs: jax.Array, labels: jax.Array) -> jax.Array:
+  """`2 * sum(probs * labels, axis=-1)`."""
   if probs.shape == labels.shape:
     # As a batched dot: XLA:CPU reduces a product over the last axis up to
     # 40x slower at some shapes (47 vs 1 ms for 330 masks of 12544 points).
-    numerator = 2 * jnp.einsum("...p,...p->...", probs, labels,
-                               precision=checks.HIGHEST)
-  else:  # broadcast labels (the full-mask criterion): a dot would copy them
-    numerator = 2 * (probs * labels).sum(axis=-1)
+    return 2 * jnp.einsum("...p,...p->...", probs, labels,
+                          precision=checks.HIGHEST)
+  # Broadcast labels (the full-mask criterion): a dot would copy them.
+  return 2 * (probs * labels).sum(axis=-1)
+
+
+def dice_per_mask(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`[num_masks]` soft dice losses of `[num_masks, num_points]` inputs."""
+  probs = jax.nn.sigmoid(logits)
+  numerator = _dice_numerator(probs, labels)
   denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
   return 1 - (numerator + 1) / (denominator + 1)
+
+
+@jax.custom_vjp
+def ce_and_dice_per_mask(logits: jax.Array,
+                         labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(bce_with_logits(...).mean(-1), dice_per_mask(...))` of `[..., P]` inputs.
+
+  The same values, with a hand-written gradient: one elementwise pass from
+  the logits and labels (the sigmoid recomputed) instead of autodiff's
+  saved intermediates, which at 92 masks of 12544 points held ~14 arrays
+  of the inputs' size at once and made the criterion's step fault in ~40 MiB
+  of fresh pages more on every call.
+  """
+  return (bce_with_logits(logits, labels).mean(axis=-1),
+          dice_per_mask(logits, labels))
+
+
+def _ce_and_dice_fwd(logits, labels):
+  ce, dice = ce_and_dice_per_mask(logits, labels)
+  probs = jax.nn.sigmoid(logits)
+  # dice = 1 - (numerator + 1) / (denominator + 1), as in `dice_per_mask`.
+  numerator = 1 + _dice_numerator(probs, labels)
+  denominator = 1 + probs.sum(axis=-1) + labels.sum(axis=-1)
+  return (ce, dice), (logits, labels, numerator, denominator)
+
+
+def _ce_and_dice_bwd(residuals, cotangents):
+  logits, labels, numerator, denominator = residuals
+  g_ce, g_dice = cotangents
+  num_points = logits.shape[-1]
+  probs = jax.nn.sigmoid(logits)
+  # d dice / d probs = -(2 y D - N) / D^2; d probs / d logits = p (1 - p).
+  scale = (g_dice / (denominator * denominator))[..., None]
+  g_ce = (g_ce / num_points)[..., None]
+  numerator, denominator = numerator[..., None], denominator[..., None]
+  d_logits = (g_ce * (probs - labels) - scale * (
+      2 * labels * denominator - numerator) * (probs * (1 - probs)))
+  d_labels = -g_ce * logits - scale * (2 * probs * denominator - numerator)
+  # Labels broadcast against the logits get their gradients summed.
+  lead = d_labels.ndim - labels.ndim
+  d_labels = d_labels.sum(axis=tuple(range(lead)) + tuple(
+      lead + a for a, n in enumerate(labels.shape)
+      if n == 1 and d_labels.shape[lead + a] != 1), keepdims=False)
+  return d_logits.astype(logits.dtype), d_labels.reshape(labels.shape).astype(
+      labels.dtype)
+
+
+ce_and_dice_per_mask.defvjp(_ce_and_dice_fwd, _ce_and_dice_bwd)
 
 
 def _dice(logits, labels, num_masks):
