@@ -402,10 +402,9 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
   # Traced targets are checked where the loss reads them (no extra pass over
   # the full-resolution masks): a sampled label outside [0, 1] NaNs the loss.
   ok = ok & checks.unit_interval(point_labels, "target_masks")
-  return PointMaskLosses(
-      checks.nan_unless(ok, _sigmoid_ce(point_logits, point_labels,
-                                        num_masks)),
-      checks.nan_unless(ok, _dice(point_logits, point_labels, num_masks)))
+  ce, dice = ce_and_dice_per_mask(point_logits, point_labels)
+  return PointMaskLosses(checks.nan_unless(ok, ce.sum() / num_masks),
+                         checks.nan_unless(ok, dice.sum() / num_masks))
 
 
 def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,
