@@ -780,8 +780,11 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
       target_masks = target_masks[target_rows]
     labels = target_masks.reshape(1, batch_size, num_targets, -1)
   else:
-    points = sampling.sample_points_using_uncertainty(
+    # The padded slots' points are not used: the XLA:CPU kernel skips the
+    # selection of chunks of them (a padded image's trailing slots).
+    points = sampling.sample_needed_points(
         key, lax.stop_gradient(matched).reshape(slots, 1, height, width),
+        jnp.broadcast_to(valid[..., 0, 0], matched.shape[:3]).reshape(slots),
         num_points=num_points, oversample_ratio=oversample_ratio,
         importance_sample_ratio=importance_sample_ratio,
         implementation=implementation)

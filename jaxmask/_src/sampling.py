@@ -472,16 +472,35 @@ def sample_points_using_uncertainty(
   num_uncertain = int(importance_sample_ratio * num_points)
   if num_masks == 0:
     return jnp.zeros((0, num_points, 2), jnp.float32)
-  return _sample_core(key, lax.stop_gradient(logits), num_candidates,
+  return _sample_core(key, lax.stop_gradient(logits), None, num_candidates,
                       num_uncertain, num_points - num_uncertain,
                       uncertainty_fn, implementation)
+
+
+def sample_needed_points(key, logits, needed, *, num_points, oversample_ratio,
+                         importance_sample_ratio, implementation):
+  """`sample_points_using_uncertainty` (validated options, default score)
+  for the rows where `needed [N]` is True.
+
+  A row not needed may get zeros for its uncertain points instead (the
+  XLA:CPU kernel skips a chunk of such rows); the points of every needed
+  row are those of `sample_points_using_uncertainty`, bit for bit.
+  """
+  num_masks = logits.shape[0]
+  num_candidates = int(num_points * oversample_ratio)
+  num_uncertain = int(importance_sample_ratio * num_points)
+  if num_masks == 0:
+    return jnp.zeros((0, num_points, 2), jnp.float32)
+  return _sample_core(key, lax.stop_gradient(logits), needed, num_candidates,
+                      num_uncertain, num_points - num_uncertain,
+                      calculate_uncertainty, implementation)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "num_candidates", "num_uncertain", "num_fresh", "uncertainty_fn",
     "implementation"))
-def _sample_core(key, logits, num_candidates, num_uncertain, num_fresh,
-                 uncertainty_fn, implementation):
+def _sample_core(key, logits, needed, num_candidates, num_uncertain,
+                 num_fresh, uncertainty_fn, implementation):
   num_masks = logits.shape[0]
   score = _scorer(uncertainty_fn)
 
@@ -497,7 +516,7 @@ def _sample_core(key, logits, num_candidates, num_uncertain, num_fresh,
   def xla_cpu(key, logits):
     candidate_key, fresh_key = jax.random.split(key)
     uncertain = xla_cpu_selection.select_uniform_candidates(
-        candidate_key, logits, num_candidates, num_uncertain, score)
+        candidate_key, logits, num_candidates, num_uncertain, score, needed)
     fresh = xla_cpu_threefry.uniform(fresh_key, (num_masks, num_fresh, 2))
     return jnp.concatenate([uncertain, fresh], axis=1)
 

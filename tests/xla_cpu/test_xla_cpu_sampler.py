@@ -202,3 +202,42 @@ def test_kernel_chunked_selection_equals_whole(monkeypatch, num_masks):
   chunked = run()
   for got, want in zip(chunked, whole):
     np.testing.assert_array_equal(got, want)
+
+
+def test_kernel_skips_chunks_of_rows_not_needed(monkeypatch):
+  """`needed`: a chunk of rows none of which is needed is not selected.
+
+  The criterion's padded target slots: the needed rows' points are those of
+  the whole selection, bit for bit; a skipped chunk's uncertain points are
+  zeros; a chunk with one needed row is selected whole.
+  """
+  from jaxmask._src import sampling
+
+  logits = np.random.default_rng(14).normal(size=(11, 1, 9, 11)).astype(
+      np.float32)
+  key = jax.random.key(5)
+  # Chunks of 4 rows: [0, 4) needed, [4, 8) not, [8, 11) one needed (row 10).
+  needed = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1], bool)
+  monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * 300 * 4)
+  draw = jax.jit(lambda k, l, n: sampling.sample_needed_points(
+      k, l, n, num_points=100, oversample_ratio=3.0,
+      importance_sample_ratio=0.75, implementation="xla_cpu"))
+  got = np.asarray(draw(key, logits, needed))
+  want = np.asarray(jaxmask.sample_points_using_uncertainty(
+      key, logits, num_points=100, implementation="xla_cpu"))
+  selected = np.r_[0:4, 8:11]
+  np.testing.assert_array_equal(got[selected], want[selected])
+  np.testing.assert_array_equal(got[4:8, :75], 0)  # skipped
+  np.testing.assert_array_equal(got[4:8, 75:], want[4:8, 75:])  # fresh ones
+  # The plain algorithm ignores `needed`: every row as drawn.
+  plain = jax.jit(lambda k, l, n: sampling.sample_needed_points(
+      k, l, n, num_points=100, oversample_ratio=3.0,
+      importance_sample_ratio=0.75, implementation="plain"))
+  assert_same_selection_as_plain(
+      got[needed, :75], logits[needed],
+      np.asarray(jax.random.uniform(jax.random.split(key)[0], (11, 300, 2)))[
+          needed], 75, "plain")
+  np.testing.assert_array_equal(
+      np.asarray(plain(key, logits, needed)),
+      np.asarray(jaxmask.sample_points_using_uncertainty(
+          key, logits, num_points=100, implementation="plain")))

@@ -111,11 +111,14 @@ def select_uncertain_points(logits: jax.Array, candidates: jax.Array,
 
 def select_uniform_candidates(key: jax.Array, logits: jax.Array,
                               num_candidates: int, num_uncertain: int,
-                              score) -> jax.Array:
+                              score, needed: jax.Array | None = None
+                              ) -> jax.Array:
   """The kernel's entry point for candidates `jax.random.uniform(key, ...)`.
 
   Draws `[N, num_candidates, 2]` candidates, bit for bit those of
   `jax.random.uniform(key, shape)`, chunk by chunk inside the selection loop.
+  With `needed [N]`, a chunk with no needed row is skipped: its rows get
+  zeros (the criterion's padded target slots, whose points are not used).
   """
   shape = (logits.shape[0], num_candidates, 2)
   chunk = rows_per_chunk(*shape[:2])
@@ -123,9 +126,17 @@ def select_uniform_candidates(key: jax.Array, logits: jax.Array,
     return _most_uncertain(logits, threefry.uniform(key, shape), num_uncertain,
                            score, True)
 
-  def rows(first_row, logits):
-    candidates = threefry.uniform_rows(key, (logits.shape[0], *shape[1:]),
-                                       first_row)
-    return _most_uncertain(logits, candidates, num_uncertain, score, True)
+  def rows(first_row, logits, *needed):
+    def select(logits):
+      candidates = threefry.uniform_rows(key, (logits.shape[0], *shape[1:]),
+                                         first_row)
+      return _most_uncertain(logits, candidates, num_uncertain, score, True)
+    if not needed:
+      return select(logits)
+    return lax.cond(jnp.any(needed[0]), select,
+                    lambda logits: jnp.zeros(
+                        (logits.shape[0], num_uncertain, 2), jnp.float32),
+                    logits)
 
-  return _in_chunks(rows, chunk, logits)
+  return _in_chunks(rows, chunk, logits,
+                    *(() if needed is None else (needed,)))
