@@ -356,6 +356,7 @@ def criterion_sections(reps):
       "totals checked equal.",
       "",
       *_table(match_rows),
+      "",
   ]
 
 
@@ -519,7 +520,7 @@ def main():
   for target_size in (512, 1024):
     bench_memory(50, target_size, 3, mem_rows)
   crit_rows, crit_mem_rows = [], []
-  bench_criterion(max(3, args.reps // 2), crit_rows)
+  bench_criterion(args.reps, crit_rows)
   bench_criterion_memory(crit_mem_rows)
   crit_extra = criterion_sections(args.reps)
   huge_rows = steps_with_huge_pages(args.reps)
