@@ -526,8 +526,8 @@ def mask2former_loss(
       its images (a static bound, 0 <= S <= B * T); None: B * T. The mask
       losses then run over S slots per layer, the valid targets packed
       first in (image, target) order, rather than over all B * T slots,
-      padded ones included: with 160 slots of which 92 are valid, the mask
-      losses cost about 92/160 as much. A batch with more than S valid
+      padded ones included (what it saves: the criterion section of
+      benchmarks/RESULTS.md). A batch with more than S valid
       targets makes every loss NaN (no target is silently dropped).
     axis_name: the mapped axis (or axes) over which `num_masks` is summed,
       inside `shard_map`/`pmap`; None for one device.
