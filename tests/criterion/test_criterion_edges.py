@@ -33,10 +33,11 @@ def _inputs(L=2, B=2, Q=3, K=2, T=2, H=6, W=5, Ht=7, Wt=4, seed=0):
       target_valid=np.ones((B, T), bool))
 
 
-def _loss(inputs, num_points, implementation):
+def _loss(inputs, num_points, implementation, max_total_targets=None):
   return jaxmask.mask2former_loss(
       jax.random.key(0), **inputs, num_points=num_points,
-      num_matcher_points=8, implementation=implementation)
+      num_matcher_points=8, max_total_targets=max_total_targets,
+      implementation=implementation)
 
 
 def _values(out):
@@ -52,9 +53,12 @@ def test_empty_batch_gives_the_plain_values_in_every_implementation(
   inputs = _inputs(**shape)
   want = _values(_loss(inputs, num_points, "plain"))
   got = _values(_loss(inputs, num_points, implementation))
-  assert got.keys() == want.keys()
+  # No valid target: `max_total_targets=0` packs none, with the same values.
+  packed = _values(_loss(inputs, num_points, implementation, 0))
+  assert got.keys() == want.keys() == packed.keys()
   for name in got:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(packed[name], want[name], err_msg=name)
   # As documented: the class loss is a weighted mean over no queries (NaN,
   # as PyTorch's), the mask losses are 0.
   for name, value in got.items():

@@ -101,8 +101,10 @@ def _criterion_inputs():
       valid=np.array([[True, True], [True, False]]))
 
 
+@pytest.mark.parametrize("max_total_targets", [None, 3])
 @pytest.mark.parametrize("num_points", [16, None])
-def test_criterion_logits_donated_to_a_training_step(num_points, implementation):
+def test_criterion_logits_donated_to_a_training_step(num_points, implementation,
+                                                     max_total_targets):
   """`value_and_grad` of the criterion, the logits donated to their gradients."""
   data = _criterion_inputs()
 
@@ -111,6 +113,7 @@ def test_criterion_logits_donated_to_a_training_step(num_points, implementation)
       return jaxmask.mask2former_loss(
           key, class_logits, mask_logits, labels, targets, valid,
           num_points=num_points, num_matcher_points=20,
+          max_total_targets=max_total_targets,
           implementation=implementation).total
     return jax.value_and_grad(loss, argnums=(0, 1))(class_logits, mask_logits)
 

@@ -139,9 +139,11 @@ def mask2former_loss(implementation):
   return [jaxmask.mask2former_loss(
       jax.random.key(3), class_logits, mask_logits, labels, targets, valid,
       num_points=num_points, num_matcher_points=20,
-      implementation=implementation)
+      max_total_targets=max_total_targets, implementation=implementation)
           # Full-mask mode differs from point mode only in the matcher.
-          for num_points in ((16, None) if implementation is None else (16,))]
+          for num_points in ((16, None) if implementation is None else (16,))
+          # The valid targets packed into 3 slots, or all B * T slots.
+          for max_total_targets in (None, 3)]
 
 
 @case("percentile", "percentile_mask", "confidence_masks")
