@@ -167,12 +167,17 @@ def _dice_numerator(probs: jax.Array, labels: jax.Array) -> jax.Array:
   return 2 * (probs * labels).sum(axis=-1)
 
 
-def dice_per_mask(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """`[num_masks]` soft dice losses of `[num_masks, num_points]` inputs."""
-  probs = jax.nn.sigmoid(logits)
+def _dice_terms(probs: jax.Array, labels: jax.Array):
+  """`(N, D)`: the soft dice loss is `1 - N / D`, with the +1 smoothing."""
   numerator = _dice_numerator(probs, labels)
   denominator = probs.sum(axis=-1) + labels.sum(axis=-1)
-  return 1 - (numerator + 1) / (denominator + 1)
+  return numerator + 1, denominator + 1
+
+
+def dice_per_mask(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`[num_masks]` soft dice losses of `[num_masks, num_points]` inputs."""
+  numerator, denominator = _dice_terms(jax.nn.sigmoid(logits), labels)
+  return 1 - numerator / denominator
 
 
 @jax.custom_vjp
@@ -191,12 +196,10 @@ def ce_and_dice_per_mask(logits: jax.Array,
 
 
 def _ce_and_dice_fwd(logits, labels):
-  ce, dice = ce_and_dice_per_mask(logits, labels)
-  probs = jax.nn.sigmoid(logits)
-  # dice = 1 - (numerator + 1) / (denominator + 1), as in `dice_per_mask`.
-  numerator = 1 + _dice_numerator(probs, labels)
-  denominator = 1 + probs.sum(axis=-1) + labels.sum(axis=-1)
-  return (ce, dice), (logits, labels, numerator, denominator)
+  numerator, denominator = _dice_terms(jax.nn.sigmoid(logits), labels)
+  ce = bce_with_logits(logits, labels).mean(axis=-1)
+  return (ce, 1 - numerator / denominator), (logits, labels, numerator,
+                                            denominator)
 
 
 def _ce_and_dice_bwd(residuals, cotangents):
@@ -204,7 +207,8 @@ def _ce_and_dice_bwd(residuals, cotangents):
   g_ce, g_dice = cotangents
   num_points = logits.shape[-1]
   probs = jax.nn.sigmoid(logits)
-  # d dice / d probs = -(2 y D - N) / D^2; d probs / d logits = p (1 - p).
+  # dice = 1 - N / D (`_dice_terms`): d dice / d probs = -(2 y D - N) / D^2;
+  # d probs / d logits = p (1 - p).
   scale = (g_dice / (denominator * denominator))[..., None]
   g_ce = (g_ce / num_points)[..., None]
   numerator, denominator = numerator[..., None], denominator[..., None]

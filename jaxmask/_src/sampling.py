@@ -189,18 +189,13 @@ def sample_at_drawn_points(inputs: jax.Array, point_coords: jax.Array,
   if 0 in (num_masks, channels, height, width, point_coords.shape[1]):
     return jnp.zeros((num_masks, channels, point_coords.shape[1]),
                      inputs.dtype)
-  if rows is None:
-    return impl.choose(
-        implementation, plain=_point_sample,
-        xla_cpu=functools.partial(xla_cpu_sampler.point_sample,
-                                  finite_coords=True),
-        operands=(inputs, point_coords))
   return impl.choose(
       implementation,
-      plain=lambda inputs, coords, rows: _point_sample(inputs[rows], coords),
-      xla_cpu=lambda inputs, coords, rows: xla_cpu_sampler.point_sample(
-          inputs, coords, finite_coords=True, rows=rows),
-      operands=(inputs, point_coords, rows))
+      plain=lambda inputs, coords: _point_sample(
+          inputs if rows is None else inputs[rows], coords),
+      xla_cpu=functools.partial(xla_cpu_sampler.point_sample,
+                                finite_coords=True, rows=rows),
+      operands=(inputs, point_coords))
 
 
 def point_sample_single(
@@ -467,33 +462,30 @@ def sample_points_using_uncertainty(
   logits = checks.array(logits, "logits")
   _check_mask_logits(logits)
 
-  num_masks = logits.shape[0]
-  num_candidates = int(num_points * oversample_ratio)
-  num_uncertain = int(importance_sample_ratio * num_points)
-  if num_masks == 0:
-    return jnp.zeros((0, num_points, 2), jnp.float32)
-  return _sample_core(key, lax.stop_gradient(logits), None, num_candidates,
-                      num_uncertain, num_points - num_uncertain,
-                      uncertainty_fn, implementation)
+  return sample_needed_points(
+      key, logits, None, num_points=num_points,
+      oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio,
+      uncertainty_fn=uncertainty_fn, implementation=implementation)
 
 
 def sample_needed_points(key, logits, needed, *, num_points, oversample_ratio,
-                         importance_sample_ratio, implementation):
-  """`sample_points_using_uncertainty` (validated options, default score)
-  for the rows where `needed [N]` is True.
+                         importance_sample_ratio, implementation,
+                         uncertainty_fn=calculate_uncertainty):
+  """`sample_points_using_uncertainty` of validated arguments, for the rows
+  where `needed [N]` is True (every row where `needed` is None).
 
   A row not needed may get zeros for its uncertain points instead (the
   XLA:CPU kernel skips a chunk of such rows); the points of every needed
   row are those of `sample_points_using_uncertainty`, bit for bit.
   """
-  num_masks = logits.shape[0]
   num_candidates = int(num_points * oversample_ratio)
   num_uncertain = int(importance_sample_ratio * num_points)
-  if num_masks == 0:
+  if logits.shape[0] == 0:
     return jnp.zeros((0, num_points, 2), jnp.float32)
   return _sample_core(key, lax.stop_gradient(logits), needed, num_candidates,
                       num_uncertain, num_points - num_uncertain,
-                      calculate_uncertainty, implementation)
+                      uncertainty_fn, implementation)
 
 
 @functools.partial(jax.jit, static_argnames=(

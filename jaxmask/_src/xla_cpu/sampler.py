@@ -213,8 +213,7 @@ def interpolate(flat, start, ix, iy, rows, map_shape, clamped, channels):
   `start`: each point's block within its map (see `_neighbours`); `rows`:
   each row's map (see `_flat_start`).
   """
-  start = _flat_start(start, channels,
-                      math.prod(map_shape), rows)
+  start = _flat_start(start, channels, math.prod(map_shape), rows)
   values = _neighbours(*_read_pairs(flat, start, map_shape[1]), ix, iy,
                        map_shape, clamped)
   return grid.weighted_sum(values, grid.bilinear_weights(ix, iy))
@@ -249,8 +248,7 @@ def _interpolate_bwd(map_shape, clamped, channels, residuals, g):
   w = [jnp.where(outside, 0, weight) for weight in grid.bilinear_weights(ix, iy)]
   d_upper, d_lower = _transpose_neighbours([g * wi for wi in w], ix, iy,
                                            map_shape, clamped)
-  start = _flat_start(start, channels,
-                      math.prod(map_shape), rows)
+  start = _flat_start(start, channels, math.prod(map_shape), rows)
   d_flat = _scatter_add_pairs(jnp.zeros_like(flat), start, d_upper)
   d_flat = _scatter_add_pairs(d_flat, start + map_shape[1], d_lower)
   # Through the weights, for gradients with respect to the points.
