@@ -31,6 +31,7 @@ from jaxmask._src import grid
 from jaxmask._src import implementation as impl
 from jaxmask._src import point_losses
 from jaxmask._src import sampling
+from jaxmask._src.xla_cpu import mask_losses as xla_cpu_mask_losses
 from jaxmask._src.xla_cpu import matching as xla_cpu_matching
 
 # Finite costs are clamped into [-COST_LIMIT, COST_LIMIT] before matching, so
@@ -750,86 +751,168 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
         slot].set(jnp.arange(max_total_targets, dtype=jnp.int32))
     reader = jnp.where(matched_target >= 0,
                        slot_of[jnp.maximum(matched_target, 0)], -1)
-    target_valid = target_valid[image, target][None]
-  # A padded target's slot reads query 0.
-  query = jnp.maximum(query_index[:, image, target], 0)
-  matched = _read_slots(mask_logits, image, query, reader)
-  target_height, target_width = target_masks.shape[-2:]
-  # Slot n's target, read in place from the `[B * T, Ht, Wt]` targets.
-  target_rows = image * num_targets + target
+  slots = _Slots(image, target, target_valid[image, target], reader,
+                 query_index)
   target_masks = target_masks.reshape(batch_size * num_targets, 1,
-                                      target_height, target_width)
-  if max_total_targets is not None:  # as one image of S targets
-    batch_size, num_targets = 1, max_total_targets
-  matched = matched.reshape(num_layers, batch_size, num_targets, height, width)
+                                      *target_masks.shape[-2:])
+  in_turn = functools.partial(
+      _mask_losses_in_turn, slots=slots, num_masks=num_masks,
+      num_points=num_points, oversample_ratio=oversample_ratio,
+      importance_sample_ratio=importance_sample_ratio)
+  if num_points is not None:
+    num_candidates = int(num_points * oversample_ratio)
+    num_uncertain = int(importance_sample_ratio * num_points)
+    if xla_cpu_mask_losses.can_run(
+        key, num_layers * image.shape[0], num_candidates,
+        num_points - num_uncertain, target_masks.shape, mask_logits.shape):
+      in_chunks = functools.partial(
+          _mask_losses_in_chunks, slots=slots, num_masks=num_masks,
+          num_points=num_points, num_candidates=num_candidates,
+          num_uncertain=num_uncertain)
+      return impl.choose(
+          implementation, xla_cpu=in_chunks,
+          plain=functools.partial(in_turn, implementation="plain"),
+          operands=(key, mask_logits, target_masks))
+  return in_turn(key, mask_logits, target_masks, implementation=implementation)
+
+
+class _Slots(NamedTuple):
+  """The `N` target slots of each layer, and which query each one reads."""
+
+  image: jax.Array  # [N]: slot n holds target (image[n], target[n])
+  target: jax.Array  # [N]
+  valid: jax.Array  # [N]: whether that target is valid (not padding)
+  reader: jax.Array  # [L, B, Q]: the slot that reads each query, or -1
+  query_index: jax.Array  # [L, B, T]: the matching's query of each target
+
+
+def _masked_means(ce, dice, valid, num_masks):
+  """Per layer: the sums of `[L, N]` losses over the valid slots / num_masks."""
+  return (jnp.sum(jnp.where(valid, ce, 0.0), axis=1) / num_masks,
+          jnp.sum(jnp.where(valid, dice, 0.0), axis=1) / num_masks)
+
+
+def _mask_losses_in_turn(key, mask_logits, target_masks, *, slots, num_masks,
+                         num_points, oversample_ratio, importance_sample_ratio,
+                         implementation):
+  """The mask losses of every slot, each stage over all `L * N` at once."""
+  num_layers, _, _, height, width = mask_logits.shape
+  target_height, target_width = target_masks.shape[-2:]
+  num_slots = slots.image.shape[0]
+  layer = jnp.repeat(jnp.arange(num_layers), num_slots)
+  image, target = (jnp.tile(x, num_layers) for x in (slots.image,
+                                                     slots.target))
+  # A padded target's slot reads query 0.
+  query = jnp.maximum(slots.query_index[layer, image, target], 0)
+  reader = jnp.where(slots.reader >= 0, slots.reader + num_slots * jnp.arange(
+      num_layers)[:, None, None], -1)
+  matched = _read_rows(mask_logits, layer, image, query, reader)
+  matched = matched.reshape(num_layers, num_slots, height, width)
   # A padded target's slot holds query 0's logits without gradient: its
   # losses are dropped below, and real logits keep the selection of its
   # points ordinary (all-equal scores, such as zeros, slow the XLA:CPU top-k).
-  # In float32 (as grid_sample under the original's autocast): L * B * T maps.
-  valid = target_valid[None, :, :, None, None]
-  matched = checks.upcast(jnp.where(valid, matched,
+  # In float32 (as grid_sample under the original's autocast): L * N maps.
+  valid = jnp.broadcast_to(slots.valid, (num_layers, num_slots))
+  matched = checks.upcast(jnp.where(valid[..., None, None], matched,
                                     lax.stop_gradient(matched)))
-  slots = num_layers * batch_size * num_targets
+  # Slot n's target, read in place from the `[B * T, 1, Ht, Wt]` targets
+  # (all of them in order, unless `max_total_targets` packed them).
+  target_rows = None
+  if num_slots < target_masks.shape[0]:
+    target_rows = slots.image * slots.query_index.shape[-1] + slots.target
   if num_points is None:
     # Every target pixel, the logits upsampled (align_corners=False).
     logits = jax.image.resize(
-        matched, matched.shape[:3] + (target_height, target_width),
+        matched, matched.shape[:2] + (target_height, target_width),
         method="linear", antialias=False)
-    logits = logits.reshape(num_layers, batch_size, num_targets, -1)
-    if max_total_targets is not None:
+    logits = logits.reshape(num_layers, num_slots, -1)
+    if target_rows is not None:
       target_masks = target_masks[target_rows]
-    labels = target_masks.reshape(1, batch_size, num_targets, -1)
+    labels = target_masks.reshape(1, num_slots, -1)
   else:
     # The padded slots' points are not used: the XLA:CPU kernel skips the
     # selection of chunks of them (a padded image's trailing slots).
     points = sampling.sample_needed_points(
-        key, lax.stop_gradient(matched).reshape(slots, 1, height, width),
-        jnp.broadcast_to(valid[..., 0, 0], matched.shape[:3]).reshape(slots),
-        num_points=num_points, oversample_ratio=oversample_ratio,
+        key, lax.stop_gradient(matched).reshape(num_layers * num_slots, 1, height,
+                                           width),
+        valid.reshape(-1), num_points=num_points,
+        oversample_ratio=oversample_ratio,
         importance_sample_ratio=importance_sample_ratio,
         implementation=implementation)
     logits = sampling.sample_at_drawn_points(
-        matched.reshape(slots, 1, height, width), points, implementation)
-    logits = logits.reshape(num_layers, batch_size, num_targets, num_points)
+        matched.reshape(num_layers * num_slots, 1, height, width), points,
+        implementation)
+    logits = logits.reshape(num_layers, num_slots, num_points)
     # Each target is sampled at its L layers' points in one call, so the
     # targets are not copied once per layer.
-    points = points.reshape(num_layers, batch_size * num_targets, num_points, 2)
-    points = points.transpose(1, 0, 2, 3).reshape(batch_size * num_targets,
+    points = points.reshape(num_layers, num_slots, num_points, 2)
+    points = points.transpose(1, 0, 2, 3).reshape(num_slots,
                                                   num_layers * num_points, 2)
-    labels = sampling.sample_at_drawn_points(
-        target_masks, points, implementation,
-        None if max_total_targets is None else target_rows)
-    labels = labels.reshape(batch_size, num_targets, num_layers, num_points)
-    labels = lax.stop_gradient(labels.transpose(2, 0, 1, 3))
+    labels = sampling.sample_at_drawn_points(target_masks, points,
+                                             implementation, target_rows)
+    labels = labels.reshape(num_slots, num_layers, num_points)
+    labels = lax.stop_gradient(labels.transpose(1, 0, 2))
   ce, dice = point_losses.ce_and_dice_per_mask(logits, labels)
-  valid = target_valid[None]
-  return (jnp.sum(jnp.where(valid, ce, 0.0), axis=(1, 2)) / num_masks,
-          jnp.sum(jnp.where(valid, dice, 0.0), axis=(1, 2)) / num_masks)
+  return _masked_means(ce, dice, valid, num_masks)
+
+
+def _mask_losses_in_chunks(key, mask_logits, target_masks, *, slots,
+                           num_masks, num_points, num_candidates,
+                           num_uncertain):
+  """The mask losses of every slot, by the XLA:CPU kernel, valid slots first.
+
+  The kernel skips chunks of padded slots in every stage. Row `l * N + n` of
+  the draw is layer `l`'s slot `n`, whichever row computes it.
+  """
+  num_layers, _, _, height, width = mask_logits.shape
+  num_slots = slots.image.shape[0]
+  size = num_layers * num_slots
+  valid = jnp.tile(slots.valid, num_layers)
+  # Computed row i holds slot order[i] (row l * N + n of the draw).
+  order = jnp.argsort(~valid, stable=True).astype(jnp.int32)
+  position = jnp.zeros((size,), jnp.int32).at[order].set(
+      jnp.arange(size, dtype=jnp.int32))
+  layer, slot = order // num_slots, order % num_slots
+  image, target = slots.image[slot], slots.target[slot]
+  query = jnp.maximum(slots.query_index[layer, image, target], 0)
+  reader = jnp.where(slots.reader >= 0, position[
+      num_slots * jnp.arange(num_layers)[:, None, None]
+      + jnp.maximum(slots.reader, 0)], -1)
+  needed = valid[order]
+  matched = _read_rows(mask_logits, layer, image, query, reader)
+  matched = checks.upcast(jnp.where(needed[:, None, None], matched,
+                                    lax.stop_gradient(matched)))
+  ce, dice = xla_cpu_mask_losses.point_losses_by_slot(
+      key, matched[:, None], needed, order, target_masks,
+      image * slots.query_index.shape[-1] + target, num_points=num_points,
+      num_candidates=num_candidates, num_uncertain=num_uncertain,
+      score=sampling.scorer(sampling.calculate_uncertainty))
+  ce, dice = (x[position].reshape(num_layers, num_slots) for x in (ce, dice))
+  return _masked_means(ce, dice, slots.valid[None], num_masks)
 
 
 @jax.custom_vjp
-def _read_slots(mask_logits, image, query, reader):
-  """`mask_logits[l, image[n], query[l, n]]`: `[L, B, Q, H, W]` -> `[L, N, H, W]`.
+def _read_rows(mask_logits, layer, image, query, reader):
+  """`mask_logits[layer[n], image[n], query[n]]`: `[L, B, Q, H, W]` -> `[N, H, W]`.
 
-  `reader [L, B, Q]` names the slot that reads each query (-1: none), and the
-  gradient is read back through it: each query is read by at most one slot
-  whose gradient counts (the matching is one-to-one; a padded target's slot
+  `reader [L, B, Q]` names the row that reads each query (-1: none), and the
+  gradient is read back through it: each query is read by at most one row
+  whose gradient counts (the matching is one-to-one; a padded target's row
   carries none), so the transpose is a gather that writes every gradient
   once, rather than a zeroed `[L, B, Q, H, W]` buffer and a scatter into it
   (~40 ms of a 300 ms step at B = 8 on XLA:CPU).
   """
-  return mask_logits[jnp.arange(mask_logits.shape[0])[:, None], image, query]
+  return mask_logits[layer, image, query]
 
 
-def _read_slots_fwd(mask_logits, image, query, reader):
-  return _read_slots(mask_logits, image, query, reader), reader
+def _read_rows_fwd(mask_logits, layer, image, query, reader):
+  return _read_rows(mask_logits, layer, image, query, reader), reader
 
 
-def _read_slots_bwd(reader, g):
-  layer = jnp.arange(g.shape[0])[:, None, None]
-  grad = jnp.where((reader >= 0)[..., None, None],
-                   g[layer, jnp.maximum(reader, 0)], 0)
-  return grad.astype(g.dtype), None, None, None
+def _read_rows_bwd(reader, g):
+  grad = jnp.where((reader >= 0)[..., None, None], g[jnp.maximum(reader, 0)],
+                   0)
+  return grad.astype(g.dtype), None, None, None, None
 
 
-_read_slots.defvjp(_read_slots_fwd, _read_slots_bwd)
+_read_rows.defvjp(_read_rows_fwd, _read_rows_bwd)

@@ -263,7 +263,7 @@ def _check_mask_logits(logits: jax.Array, name: str = "logits") -> None:
   checks.floating(logits, name)
 
 
-def _scorer(uncertainty_fn: UncertaintyFn):
+def scorer(uncertainty_fn: UncertaintyFn):
   """Sampled logits `[N, 1, M]` -> `[N, M]` scores, the shape checked.
 
   A NaN score (a NaN logit or coordinate) becomes -inf: NaN never wins.
@@ -366,7 +366,7 @@ def select_uncertain_points(
                                              "implementation"))
 def _select_core(logits, candidates, num_uncertain, uncertainty_fn,
                  implementation):
-  score = _scorer(uncertainty_fn)
+  score = scorer(uncertainty_fn)
   return impl.choose(
       implementation,
       plain=lambda l, c: _most_uncertain(l, c, num_uncertain, score),
@@ -494,7 +494,7 @@ def sample_needed_points(key, logits, needed, *, num_points, oversample_ratio,
 def _sample_core(key, logits, needed, num_candidates, num_uncertain,
                  num_fresh, uncertainty_fn, implementation):
   num_masks = logits.shape[0]
-  score = _scorer(uncertainty_fn)
+  score = scorer(uncertainty_fn)
 
   def plain(key, logits):
     candidate_key, fresh_key = jax.random.split(key)

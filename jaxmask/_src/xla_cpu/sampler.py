@@ -20,6 +20,7 @@ hand-written VJP adds in another order).
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,30 +72,63 @@ def point_sample(inputs: jax.Array, point_coords: jax.Array, *,
   # Widen to at least float32: bfloat16 cannot hold x * W to a pixel.
   point_coords = point_coords.astype(
       jnp.promote_types(point_coords.dtype, jnp.float32))
-  clamped = (min(height, width) >= 2 and point_coords.shape[1]
-             * _PIXELS_PER_POINT_TO_CLAMP <= height * width)
-  ix, iy, start = positions_and_block_starts(point_coords,
-                                             (num_masks, *inputs.shape[1:]),
-                                             padded=not clamped)
+  out = sample_flat(flat_maps(inputs, point_coords.shape[1]), point_coords,
+                    rows=rows, finite_coords=finite_coords,
+                    positions_apart=positions_apart)
+  return out.astype(inputs.dtype)
+
+
+class FlatMaps(NamedTuple):
+  """`[R, C, H, W]` maps laid out for `sample_flat`: see `flat_maps`."""
+
+  flat: jax.Array  # the maps, with a zero border unless `clamped`, flat
+  shape: tuple[int, int, int]  # (C, H, W), without the border
+  clamped: bool
+
+
+def flat_maps(inputs: jax.Array, num_points: int) -> FlatMaps:
+  """The `[R, C, H, W]` maps, flat, for sampling `num_points` points a row.
+
+  Read in place (the 2 x 2 block clamped into the map) for few points on
+  big maps; otherwise with a zero border, which makes every neighbour of a
+  point inside (-1, W) x (-1, H) addressable. Made once, the maps can be
+  sampled chunk by chunk inside a loop (a loop's invariant `[R, C, H, W]`
+  reshaped there was copied whole).
+  """
+  _, channels, height, width = inputs.shape
+  clamped = (min(height, width) >= 2
+             and num_points * _PIXELS_PER_POINT_TO_CLAMP <= height * width)
+  if not clamped:
+    inputs = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  return FlatMaps(inputs.reshape(-1), (channels, height, width), clamped)
+
+
+def sample_flat(maps: FlatMaps, point_coords: jax.Array, *,
+                rows: jax.Array | None, finite_coords: bool,
+                positions_apart: bool) -> jax.Array:
+  """`point_sample` of `flat_maps` at `[N, P, 2]` float32 points -> `[N, C, P]`.
+
+  Row n reads map `rows[n]` (`n` where `rows` is None). The arguments are
+  `point_sample`'s.
+  """
+  channels, height, width = maps.shape
+  num_masks = point_coords.shape[0]
+  ix, iy, start = positions_and_block_starts(
+      point_coords, (num_masks, channels, height, width),
+      padded=not maps.clamped)
   if not positions_apart:  # recomputed where used (their pass is left out)
     ix, iy = grid.pixel_positions(point_coords, height, width)
     if channels > 1:
       ix, iy = ix[:, None, :], iy[:, None, :]
-  if clamped:
-    out = interpolate(inputs.reshape(-1), start, ix, iy, rows,
-                      inputs.shape[2:], True, channels)
-  else:
-    # A zero border makes every neighbour of a point inside (-1, W) x (-1, H)
-    # addressable, so each point reads two (left, right) pairs: rows y0, y1.
-    padded = jnp.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = interpolate(padded.reshape(-1), start, ix, iy, rows,
-                      padded.shape[2:], False, channels)
+  map_shape = (height, width) if maps.clamped else (height + 2, width + 2)
+  out = interpolate(maps.flat, start, ix, iy, rows, map_shape, maps.clamped,
+                    channels)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   inside = (x0 >= -1) & (x0 <= width - 1) & (y0 >= -1) & (y0 <= height - 1)
   # Outside the map: +0, or NaN for a NaN or infinite position (grid_sample's
   # rule), which `x - x` gives in one pass (+0 where x is finite).
   out = jnp.where(inside, out, 0 if finite_coords else (ix - ix) + (iy - iy))
-  return out.reshape(num_masks, channels, -1).astype(inputs.dtype)
+  return out.reshape(num_masks, channels, -1)
 
 
 def positions_and_block_starts(point_coords, shape, *, padded):

@@ -41,10 +41,11 @@ def rows_per_chunk(num_rows: int, num_candidates: int) -> int:
   return most
 
 
-def _in_chunks(fn, rows: int, *arrays):
+def in_chunks(fn, rows: int, *arrays):
   """Row-wise `fn(0, *arrays)` as `fn(first_row, *chunk)`, `rows` at a time.
 
-  The last `num_rows % rows` rows, if any, in one more call of `fn`.
+  `fn` returns an array or a tuple of arrays, each with a row per input
+  row. The last `num_rows % rows` rows, if any, in one more call of `fn`.
   """
   num_rows = arrays[0].shape[0]
   looped = num_rows - num_rows % rows
@@ -52,11 +53,11 @@ def _in_chunks(fn, rows: int, *arrays):
                  for x in arrays)
   first_rows = jnp.arange(0, looped, rows, dtype=jnp.uint32)
   out = lax.map(lambda args: fn(*args), (first_rows, *chunks))
-  out = out.reshape(looped, *out.shape[2:])
+  out = jax.tree.map(lambda x: x.reshape(looped, *x.shape[2:]), out)
   if looped == num_rows:
     return out
   rest = fn(jnp.uint32(looped), *(x[looped:] for x in arrays))
-  return jnp.concatenate([out, rest])
+  return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), out, rest)
 
 
 def take_points(candidates: jax.Array, index: jax.Array) -> jax.Array:
@@ -71,7 +72,7 @@ def take_points(candidates: jax.Array, index: jax.Array) -> jax.Array:
   return sampler.gather_pairs(candidates.reshape(-1), start)
 
 
-def _most_uncertain(logits, candidates, num_uncertain, score, finite_coords):
+def most_uncertain(logits, candidates, num_uncertain, score, finite_coords):
   """The `num_uncertain` best candidates of each mask, any number of masks."""
   scores = score(sampler.point_sample(logits, candidates,
                                       finite_coords=finite_coords,
@@ -97,16 +98,16 @@ def select_uncertain_points(logits: jax.Array, candidates: jax.Array,
   """
   chunk = rows_per_chunk(*candidates.shape[:2])
   if chunk == candidates.shape[0]:
-    return _most_uncertain(logits, candidates, num_uncertain, score, False)
+    return most_uncertain(logits, candidates, num_uncertain, score, False)
 
   def select_rows(_, logits, candidates):
     # A chunk of candidates copied once: the sampler's loop reads them faster
     # than through the loop's slice of the whole array.
-    return _most_uncertain(
+    return most_uncertain(
         logits, barrier.computed_apart(lambda c: c, candidates), num_uncertain,
         score, False)
 
-  return _in_chunks(select_rows, chunk, logits, candidates)
+  return in_chunks(select_rows, chunk, logits, candidates)
 
 
 def select_uniform_candidates(key: jax.Array, logits: jax.Array,
@@ -123,14 +124,14 @@ def select_uniform_candidates(key: jax.Array, logits: jax.Array,
   shape = (logits.shape[0], num_candidates, 2)
   chunk = rows_per_chunk(*shape[:2])
   if chunk == shape[0] or not threefry.can_draw_rows(key, shape):
-    return _most_uncertain(logits, threefry.uniform(key, shape), num_uncertain,
+    return most_uncertain(logits, threefry.uniform(key, shape), num_uncertain,
                            score, True)
 
   def rows(first_row, logits, *needed):
     def select(logits):
       candidates = threefry.uniform_rows(key, (logits.shape[0], *shape[1:]),
                                          first_row)
-      return _most_uncertain(logits, candidates, num_uncertain, score, True)
+      return most_uncertain(logits, candidates, num_uncertain, score, True)
     if not needed:
       return select(logits)
     return lax.cond(jnp.any(needed[0]), select,
@@ -138,5 +139,5 @@ def select_uniform_candidates(key: jax.Array, logits: jax.Array,
                         (logits.shape[0], num_uncertain, 2), jnp.float32),
                     logits)
 
-  return _in_chunks(rows, chunk, logits,
+  return in_chunks(rows, chunk, logits,
                     *(() if needed is None else (needed,)))

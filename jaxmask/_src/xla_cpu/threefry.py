@@ -61,8 +61,12 @@ def _unrolled_uniform(key_words: jax.Array, shape: tuple[int, ...],
   """The values at flat positions `first, first + 1, ...` of the stream."""
   count = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + jnp.asarray(
       first, jnp.uint32)
-  bits1, bits2 = _threefry2x32(key_words[0], key_words[1],
-                               jnp.zeros_like(count), count)
+  return _bits_to_uniform(*_threefry2x32(key_words[0], key_words[1],
+                                         jnp.zeros_like(count), count))
+
+
+def _bits_to_uniform(bits1: jax.Array, bits2: jax.Array) -> jax.Array:
+  """`jax.random.uniform`'s float32 in [0, 1) from the hash's two words."""
   mantissa = ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000)
   return lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
 
@@ -85,6 +89,26 @@ def uniform_rows(key: jax.Array, shape: tuple[int, ...],
   return barrier.computed_apart(
       lambda words, row: _unrolled_uniform(words, shape, row * row_size),
       _threefry_key(key), jnp.asarray(first_row, jnp.uint32))
+
+
+def uniform_at_rows(key: jax.Array, row_shape: tuple[int, ...],
+                    rows: jax.Array) -> jax.Array:
+  """Rows `rows [n]` (any order) of `uniform(key, (R, *row_shape))`.
+
+  Only where `can_draw_rows(key, (R, *row_shape))`; materialised, as
+  `uniform_rows`.
+  """
+  row_size = math.prod(row_shape)
+
+  def draw(words, rows):
+    within = lax.broadcasted_iota(jnp.uint32, (rows.shape[0], row_size), 1)
+    count = (within + rows[:, None] * np.uint32(row_size)).reshape(
+        rows.shape[0], *row_shape)
+    return _bits_to_uniform(*_threefry2x32(words[0], words[1],
+                                           jnp.zeros_like(count), count))
+
+  return barrier.computed_apart(draw, _threefry_key(key),
+                                rows.astype(jnp.uint32))
 
 
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
