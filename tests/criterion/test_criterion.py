@@ -213,6 +213,29 @@ def test_max_total_targets_packs_the_valid_targets(implementation, num_points,
   _assert_match(got, want)
 
 
+@pytest.mark.parametrize("max_total_targets", [None, 7])
+def test_criterion_in_chunks_of_slots_matches_torch_ref(monkeypatch,
+                                                        max_total_targets):
+  """The XLA:CPU kernel runs the slots in chunks, the valid ones first, and
+  skips chunks of padded ones: chunks of 3 here (L * 15 or L * 7 slots, L
+  * 6 valid), each slot still taking its documented row of the draw."""
+  from jaxmask._src.xla_cpu import selection
+  monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * 72 * 4)  # 3 * 24 cands
+  assert selection.rows_per_chunk(45, 72) == 3  # 45 = 15 x 3
+  assert selection.rows_per_chunk(21, 72) == 3
+  got, want = _both(8, L=3, B=3, Q=6, T=5, counts=[5, 1, 0],
+                    max_total_targets=max_total_targets,
+                    implementation="xla_cpu")
+  _assert_match(got, want)
+
+
+def test_criterion_with_keys_the_kernel_cannot_draw_matches_torch_ref():
+  """An rbg key: the stages run in turn, drawn by `jax.random` itself."""
+  got, want = _both(9, key=jax.random.key(3, impl="rbg"), counts=[3, 1],
+                    implementation="xla_cpu")
+  _assert_match(got, want)
+
+
 def test_max_total_targets_below_the_valid_count_gives_nan():
   """No target is silently dropped: more valid targets than slots is NaN."""
   cl, ml, labels, masks, valid = _problem(6, counts=[3, 2])

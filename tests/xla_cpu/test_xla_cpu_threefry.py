@@ -62,3 +62,15 @@ def test_rows_are_slices_of_the_whole_draw():
   for first in (0, 3, 8):
     np.testing.assert_array_equal(rows(key, (2, 7, 2), first),
                                   whole[first:first + 2])
+
+
+def test_rows_in_any_order_are_rows_of_the_whole_draw():
+  """`uniform_at_rows`: the criterion's kernel draws slots out of order."""
+  whole_shape = (10, 7, 2)
+  rows = np.array([9, 0, 4, 4, 3], np.int32)
+  for key in (jax.random.key(12), jax.random.PRNGKey(12)):
+    assert rng.can_draw_rows(key, whole_shape)
+    got = jax.jit(rng.uniform_at_rows, static_argnums=1)(key, (7, 2), rows)
+    want = jax.random.uniform(key, whole_shape)[rows]
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32),
+                                  np.asarray(want).view(np.uint32))
