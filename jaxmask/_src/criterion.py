@@ -231,7 +231,7 @@ def mask_matching_cost(
 
 
 def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
-                   image, point_coords, weights, apart=None):
+                   image, point_coords, weights, apart=None, target_valid=None):
   """The unguarded `[Q, T]` float32 cost of one image (inputs validated).
 
   `target_masks [B, T, Ht, Wt]` hold the targets of `B` images; this image's
@@ -239,7 +239,8 @@ def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
   sampled at the same points, so each point's neighbours and weights are
   computed once for all masks (`_sample_shared`), with `point_sample`'s
   arithmetic. `apart(fn, *args)`, if given, evaluates the two samplings (the
-  XLA:CPU matcher computes them apart from the costs).
+  XLA:CPU matcher computes them apart from the costs); with `target_valid
+  [T]` too, the padded targets are not sampled (`_sample_valid_targets`).
   """
   w_class, w_mask, w_dice = weights
   probs = jax.nn.softmax(checks.upcast(class_logits), axis=-1)
@@ -253,10 +254,14 @@ def _matching_cost(class_logits, mask_logits, target_labels, target_masks,
   pred = apart(lambda rows, coords: _sample_shared(
       rows, mask_logits.shape[-2:], coords, pixel_major=True),
                _pixel_rows(checks.upcast(mask_logits)), coords)
-  target = apart(lambda masks, image, coords: _sample_shared(
-      masks[image].reshape(masks.shape[1], math.prod(masks.shape[-2:])),
-      masks.shape[-2:], coords,
-      pixel_major=False), target_masks, image, coords)
+  if target_valid is None:
+    target = apart(lambda masks, image, coords: _sample_shared(
+        masks[image].reshape(masks.shape[1], math.prod(masks.shape[-2:])),
+        masks.shape[-2:], coords,
+        pixel_major=False), target_masks, image, coords)
+  else:
+    target = apart(_sample_valid_targets, target_masks, image, target_valid,
+                   coords)
   cost_mask, cost_dice = _pairwise_mask_costs(pred, target)
   return w_mask * cost_mask + w_class * cost_class + w_dice * cost_dice
 
@@ -310,26 +315,76 @@ def _sample_shared(table: jax.Array, size, point_coords: jax.Array, *,
   maps are finite; a non-finite border value may then reach a point beside
   the map as NaN. A NaN or infinite point samples NaN.
   """
-  height, width = size
   channels = table.shape[-1 if pixel_major else 0]
-  if height * width == 0:
-    return jnp.where(jnp.all(jnp.isfinite(point_coords), -1), 0.0,
-                     jnp.nan)[:, None].repeat(channels, 1).astype(table.dtype)
+  if math.prod(size) == 0:
+    return _empty_shared(point_coords, channels, table.dtype)
+  taps = _shared_taps(size, point_coords)
+  return _finite_or_nan(_sum_taps(table, taps, pixel_major), taps)
+
+
+def _empty_shared(point_coords, channels, dtype):
+  """`_sample_shared` of empty maps: 0, or NaN at a non-finite point."""
+  return jnp.where(jnp.all(jnp.isfinite(point_coords), -1), 0.0,
+                   jnp.nan)[:, None].repeat(channels, 1).astype(dtype)
+
+
+def _shared_taps(size, point_coords):
+  """Each point's four neighbours (flat offsets into an `[H, W]` map, clamped)
+  and their weights (0 off the map), and whether the point is finite."""
+  height, width = size
   ix, iy = grid.pixel_positions(point_coords, height, width)
   finite = jnp.isfinite(ix) & jnp.isfinite(iy)
   ix, iy = jnp.where(finite, ix, -2.0), jnp.where(finite, iy, -2.0)
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
-  values, weights = [], []
+  offsets, weights = [], []
   neighbours = ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1))
   for (x, y), weight in zip(neighbours, grid.bilinear_weights(ix, iy)):
     on_map = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
-    offset = (jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
-              + jnp.clip(x, 0, width - 1).astype(jnp.int32))
-    values.append(jnp.take(table, offset, axis=0) if pixel_major else
-                  jnp.take(table, offset, axis=1).T)
+    offsets.append(jnp.clip(y, 0, height - 1).astype(jnp.int32) * width
+                   + jnp.clip(x, 0, width - 1).astype(jnp.int32))
     weights.append(jnp.where(on_map, weight, 0)[:, None])
-  out = grid.weighted_sum(values, weights)
-  return jnp.where(finite[:, None], out, jnp.nan).astype(table.dtype)
+  return offsets, weights, finite
+
+
+def _sum_taps(table, taps, pixel_major):
+  """The weighted sum of each point's neighbours in `table` -> `[P, C]`."""
+  offsets, weights, _ = taps
+  values = [jnp.take(table, offset, axis=0) if pixel_major else
+            jnp.take(table, offset, axis=1).T for offset in offsets]
+  return grid.weighted_sum(values, weights)
+
+
+def _finite_or_nan(out, taps):
+  return jnp.where(taps[2][:, None], out, jnp.nan).astype(out.dtype)
+
+
+def _sample_valid_targets(target_masks, image, valid, point_coords):
+  """`_sample_shared` of image `image`'s targets, padded ones skipped (0).
+
+  The XLA:CPU matcher's: target by target, in a loop whose body reads only
+  a valid target's map (in place, from the whole `[B, T, Ht, Wt]` batch),
+  so that the padded targets (40% of them at L = 1, B = 8) cost nothing.
+  A padded target's column is 0 rather than its samples, which changes no
+  matching: `_hungarian_match` sets those columns' costs to 0.
+  """
+  num_targets, size = target_masks.shape[1], target_masks.shape[-2:]
+  num_points = point_coords.shape[0]
+  if num_targets == 0 or math.prod(size) == 0:
+    return _empty_shared(point_coords, num_targets, target_masks.dtype)
+  taps = _shared_taps(size, point_coords)
+
+  def one_target(target, out):
+    def sample(masks, image, target):
+      table = masks[image, target].reshape(1, math.prod(size))
+      return _sum_taps(table, taps, False)[:, 0]
+    column = lax.cond(valid[target], sample,
+                      lambda *_: jnp.zeros((num_points,), target_masks.dtype),
+                      target_masks, image, target)
+    return out.at[target].set(column)
+
+  out = lax.fori_loop(0, num_targets, one_target,
+                      jnp.zeros((num_targets, num_points), target_masks.dtype))
+  return _finite_or_nan(out.T, taps)
 
 
 # ---------------------------------------------------------------- matching
@@ -684,7 +739,8 @@ def _match_image(points, class_logits, mask_logits, labels, target_masks,
   `valid[image]`, of the batch's `[B, T]`, `[B, T, Ht, Wt]` and `[B, T]`.
   """
   cost = _matching_cost(class_logits, mask_logits, labels[image], target_masks,
-                        image, points, cost_weights, apart)
+                        image, points, cost_weights, apart,
+                        None if apart is None else valid[image])
   return _hungarian_match(cost, valid[image])
 
 

@@ -10,10 +10,14 @@ Q = 100 queries at 12544 points took 1.5 s instead of 0.6 s. Here a loop
 apart (`barrier.computed_apart`, a conditional XLA:CPU does not fuse across;
 under vmap it would become a select and compute both branches), the targets
 read in place from the whole batch (sliced per image, each image's targets
-were copied into the conditional: 20 MiB an image at 20 x 512²).
+were copied into the conditional: 20 MiB an image at 20 x 512²), and only the
+valid targets are sampled (`criterion._sample_valid_targets`; L = 1, B = 8,
+40% padded: the matcher 97 -> 79 ms).
 
-What it must equal: the plain matcher, bit for bit (the same operations on
-the same values, in another schedule).
+What it must equal: the plain matcher's matchings, bit for bit (the same
+operations on the same values, in another schedule). Only the costs of
+padded targets differ (their samples are zeros), and the assignment sets
+those to 0 in both.
 """
 
 from typing import Callable
