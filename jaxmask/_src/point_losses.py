@@ -22,6 +22,7 @@ import numpy as np
 from jaxmask._src import checks
 from jaxmask._src import implementation as impl
 from jaxmask._src import sampling
+from jaxmask._src.xla_cpu import mask_losses as xla_cpu_mask_losses
 
 _HIGHEST = checks.HIGHEST
 _upcast = checks.upcast
@@ -392,6 +393,45 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
                             num_points, oversample_ratio,
                             importance_sample_ratio, implementation):
   pred_masks = pred_masks[:, None]
+  num_candidates = int(num_points * oversample_ratio)
+  num_uncertain = int(importance_sample_ratio * num_points)
+  if (pred_masks.dtype == target_masks.dtype == jnp.float32
+      and pred_masks.shape[0] and xla_cpu_mask_losses.can_run(
+          key, pred_masks.shape[0], num_candidates,
+          num_points - num_uncertain, target_masks[:, None].shape,
+          pred_masks.shape)):
+    def in_chunks(key, pred_masks, target_masks):
+      rows = jnp.arange(pred_masks.shape[0])
+      ce, dice, low, high = xla_cpu_mask_losses.point_losses_by_slot(
+          key, pred_masks, jnp.ones(rows.shape, bool), rows,
+          target_masks[:, None], rows, num_points=num_points,
+          num_candidates=num_candidates, num_uncertain=num_uncertain,
+          score=sampling.scorer(sampling.calculate_uncertainty),
+          label_range=True)
+      return ce, dice, (jnp.min(low) >= 0) & (jnp.max(high) <= 1)
+
+    ce, dice, labels_ok = impl.choose(
+        implementation, xla_cpu=in_chunks,
+        plain=functools.partial(_per_mask_losses, num_points=num_points,
+                                oversample_ratio=oversample_ratio,
+                                importance_sample_ratio=importance_sample_ratio,
+                                implementation="plain"),
+        operands=(key, pred_masks, target_masks))
+  else:
+    ce, dice, labels_ok = _per_mask_losses(
+        key, pred_masks, target_masks, num_points=num_points,
+        oversample_ratio=oversample_ratio,
+        importance_sample_ratio=importance_sample_ratio,
+        implementation=implementation)
+  ok = ok & labels_ok
+  return PointMaskLosses(checks.nan_unless(ok, ce.sum() / num_masks),
+                         checks.nan_unless(ok, dice.sum() / num_masks))
+
+
+def _per_mask_losses(key, pred_masks, target_masks, *, num_points,
+                     oversample_ratio, importance_sample_ratio,
+                     implementation):
+  """`(ce [N], dice [N], labels in [0, 1])`: each stage over every mask."""
   point_coords = sampling.sample_points_using_uncertainty(
       key, pred_masks, num_points=num_points,
       oversample_ratio=oversample_ratio,
@@ -405,10 +445,9 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
   point_logits, point_labels = _upcast(point_logits), _upcast(point_labels)
   # Traced targets are checked where the loss reads them (no extra pass over
   # the full-resolution masks): a sampled label outside [0, 1] NaNs the loss.
-  ok = ok & checks.unit_interval(point_labels, "target_masks")
-  ce, dice = ce_and_dice_per_mask(point_logits, point_labels)
-  return PointMaskLosses(checks.nan_unless(ok, ce.sum() / num_masks),
-                         checks.nan_unless(ok, dice.sum() / num_masks))
+  labels_ok = checks.unit_interval(point_labels, "target_masks")
+  return (*ce_and_dice_per_mask(point_logits, point_labels),
+          jnp.asarray(labels_ok))
 
 
 def num_masks_normalizer(num_local_masks: jax.typing.ArrayLike,

@@ -116,3 +116,29 @@ def test_kernel_declines_what_it_cannot_draw_or_address():
                                  (11, 1, 9, 0))
   assert not mask_losses.can_run(jax.random.key(0), 14, 120, 10,
                                  (2**15, 1, 300, 300), maps)
+
+
+def test_point_mask_losses_run_the_kernel_in_chunks(monkeypatch):
+  """`point_mask_losses` (float32) runs this kernel on CPU: chunks of 3 rows
+  plus 2 left over give the plain losses and gradients; a traced target out
+  of [0, 1] in the last chunk still makes them NaN."""
+  monkeypatch.setattr(selection, "_CHUNK_BYTES", 8 * NUM_CANDIDATES * 3)
+  assert selection.rows_per_chunk(11, NUM_CANDIDATES) == 3
+  matched, targets, _, _ = _inputs(num_targets=11, seed=2)
+  pred, target = matched[:, 0], targets[:, 0]
+  key = jax.random.key(6)
+
+  def losses(pred, target, implementation):
+    out = jaxmask.point_mask_losses(key, pred, target, 11.0,
+                                    num_points=NUM_POINTS,
+                                    implementation=implementation)
+    return 5 * out.loss_mask + 3 * out.loss_dice
+
+  step = jax.jit(jax.value_and_grad(losses), static_argnums=2)
+  (got, got_grad), (want, want_grad) = (step(pred, target, impl)
+                                        for impl in ("xla_cpu", "plain"))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-8)
+  bad = target.copy()
+  bad[10] = 2.0  # the row left over
+  assert np.isnan(jax.jit(losses, static_argnums=2)(pred, bad, "xla_cpu"))

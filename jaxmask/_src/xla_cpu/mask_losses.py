@@ -1,4 +1,6 @@
-"""Kernel: the criterion's point mask losses, a chunk of target slots at a time.
+"""Kernel: point mask losses, a chunk of masks (target slots) at a time.
+
+The criterion's mask losses and `point_mask_losses` (float32) run it on CPU.
 
 Why: the plain criterion runs each stage of the point losses over all its
 target slots in turn: the candidates' selection, the fresh points, sampling
@@ -9,7 +11,7 @@ the whole pipeline per chunk of slots inside one loop, whose temporaries
 are reused, with the needed slots first, so that a chunk of padded slots is
 skipped in every stage, forward and backward. At L = 10, B = 2 (RESULTS.md's
 criterion problem) the step went 600 -> 460 ms and its temporaries 356 ->
-143 MiB.
+150 MiB; the point-loss step at N = 50, 512² targets 96 -> 82 MiB peak.
 
 What it must equal: slot n's points are row `draw_rows[n]` of
 `sample_points_using_uncertainty(key, ...)`'s draw, selected from its
@@ -50,9 +52,12 @@ def point_losses_by_slot(key: jax.Array, matched: jax.Array,
                          needed: jax.Array, draw_rows: jax.Array,
                          targets: jax.Array, target_rows: jax.Array, *,
                          num_points: int, num_candidates: int,
-                         num_uncertain: int, score
-                         ) -> tuple[jax.Array, jax.Array]:
+                         num_uncertain: int, score,
+                         label_range: bool = False) -> tuple[jax.Array, ...]:
   """`(sigmoid CE [N], dice [N])` of N slots at their uncertain points.
+
+  With `label_range`, also each slot's smallest and largest sampled label
+  (NaN-propagating; 0 for skipped slots), to check traced targets.
 
   Args:
     key: the key of `sample_points_using_uncertainty`'s draw.
@@ -84,12 +89,16 @@ def point_losses_by_slot(key: jax.Array, matched: jax.Array,
     logits = sampler.point_sample(matched, points, finite_coords=True)
     labels = sampler.sample_flat(targets, points, rows=target_rows,
                                  finite_coords=True, positions_apart=False)
-    return point_losses.ce_and_dice_per_mask(logits[:, 0], labels[:, 0])
+    out = point_losses.ce_and_dice_per_mask(logits[:, 0], labels[:, 0])
+    if label_range:
+      labels = lax.stop_gradient(labels[:, 0])
+      out += (jnp.min(labels, axis=1), jnp.max(labels, axis=1))
+    return out
 
   def chunk(_, needed, matched, draw_rows, target_rows):
     def skipped(matched, *_):
       zeros = jnp.zeros(matched.shape[:1], jnp.float32)
-      return zeros, zeros
+      return (zeros,) * (4 if label_range else 2)
     return lax.cond(jnp.any(needed), losses, skipped, matched, draw_rows,
                     target_rows)
 
