@@ -942,7 +942,8 @@ def _mask_losses_in_chunks(key, mask_logits, target_masks, *, slots,
       key, matched[:, None], needed, order, target_masks,
       image * slots.query_index.shape[-1] + target, num_points=num_points,
       num_candidates=num_candidates, num_uncertain=num_uncertain,
-      score=sampling.scorer(sampling.calculate_uncertainty))
+      score=sampling.scorer(sampling.calculate_uncertainty),
+      per_mask_losses=point_losses.ce_and_dice_per_mask)
   ce, dice = (x[position].reshape(num_layers, num_slots) for x in (ce, dice))
   return _masked_means(ce, dice, slots.valid[None], num_masks)
 

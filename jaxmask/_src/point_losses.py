@@ -407,7 +407,7 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
           target_masks[:, None], rows, num_points=num_points,
           num_candidates=num_candidates, num_uncertain=num_uncertain,
           score=sampling.scorer(sampling.calculate_uncertainty),
-          label_range=True)
+          per_mask_losses=ce_and_dice_per_mask, label_range=True)
       return ce, dice, (jnp.min(low) >= 0) & (jnp.max(high) <= 1)
 
     ce, dice, labels_ok = impl.choose(

@@ -37,7 +37,8 @@ def _kernel(key, matched, needed, draw_rows, targets, target_rows):
       key, matched, needed, draw_rows, targets, target_rows,
       num_points=NUM_POINTS, num_candidates=NUM_CANDIDATES,
       num_uncertain=NUM_UNCERTAIN,
-      score=sampling.scorer(sampling.calculate_uncertainty))
+      score=sampling.scorer(sampling.calculate_uncertainty),
+      per_mask_losses=point_losses.ce_and_dice_per_mask)
 
 
 def _in_turn(key, matched, draw_rows, targets, target_rows, num_draw_rows):

@@ -16,7 +16,7 @@ criterion problem) the step went 600 -> 460 ms and its temporaries 356 ->
 What it must equal: slot n's points are row `draw_rows[n]` of
 `sample_points_using_uncertainty(key, ...)`'s draw, selected from its
 candidates as that function selects (bit for bit), and its losses are
-`ce_and_dice_per_mask` of the sampled logits and labels (to float rounding:
+`per_mask_losses` of the sampled logits and labels (to float rounding:
 the means run per chunk).
 """
 
@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmask._src import point_losses
 from jaxmask._src.xla_cpu import sampler
 from jaxmask._src.xla_cpu import selection
 from jaxmask._src.xla_cpu import threefry
@@ -52,7 +51,7 @@ def point_losses_by_slot(key: jax.Array, matched: jax.Array,
                          needed: jax.Array, draw_rows: jax.Array,
                          targets: jax.Array, target_rows: jax.Array, *,
                          num_points: int, num_candidates: int,
-                         num_uncertain: int, score,
+                         num_uncertain: int, score, per_mask_losses,
                          label_range: bool = False) -> tuple[jax.Array, ...]:
   """`(sigmoid CE [N], dice [N])` of N slots at their uncertain points.
 
@@ -71,7 +70,10 @@ def point_losses_by_slot(key: jax.Array, matched: jax.Array,
     target_rows: `[N]` the target map of each slot, read in place.
     num_points, num_candidates, num_uncertain: as in
       `sample_points_using_uncertainty`, `int(P * r)` and `int(b * P)`.
-    score: the selection's scorer (`sampling._scorer`).
+    score: the selection's scorer (`sampling.scorer`).
+    per_mask_losses: `(logits [n, P], labels [n, P]) -> (ce [n], dice [n])`
+      (`point_losses.ce_and_dice_per_mask`; kernels import no concept
+      module).
   """
   candidate_key, fresh_key = jax.random.split(key)
   num_fresh = num_points - num_uncertain
@@ -89,7 +91,7 @@ def point_losses_by_slot(key: jax.Array, matched: jax.Array,
     logits = sampler.point_sample(matched, points, finite_coords=True)
     labels = sampler.sample_flat(targets, points, rows=target_rows,
                                  finite_coords=True, positions_apart=False)
-    out = point_losses.ce_and_dice_per_mask(logits[:, 0], labels[:, 0])
+    out = tuple(per_mask_losses(logits[:, 0], labels[:, 0]))
     if label_range:
       labels = lax.stop_gradient(labels[:, 0])
       out += (jnp.min(labels, axis=1), jnp.max(labels, axis=1))
