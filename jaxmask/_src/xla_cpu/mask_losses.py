@@ -10,7 +10,7 @@ also runs for the padded slots, whose losses are dropped. This kernel runs
 the whole pipeline per chunk of slots inside one loop, whose temporaries
 are reused, with the needed slots first, so that a chunk of padded slots is
 skipped in every stage, forward and backward. At L = 10, B = 2 (RESULTS.md's
-criterion problem) the step went 600 -> 460 ms and its temporaries 356 ->
+criterion problem) the step went 596 -> 478 ms and its temporaries 356 ->
 150 MiB; the point-loss step at N = 50, 512² targets 96 -> 82 MiB peak.
 
 What it must equal: slot n's points are row `draw_rows[n]` of
