@@ -816,8 +816,8 @@ def _mask_losses(key, mask_logits, target_masks, target_valid, query_index,
       num_points=num_points, oversample_ratio=oversample_ratio,
       importance_sample_ratio=importance_sample_ratio)
   if num_points is not None:
-    num_candidates = int(num_points * oversample_ratio)
-    num_uncertain = int(importance_sample_ratio * num_points)
+    num_candidates, num_uncertain = sampling.point_counts(
+        num_points, oversample_ratio, importance_sample_ratio)
     if xla_cpu_mask_losses.can_run(
         key, num_layers * image.shape[0], num_candidates,
         num_points - num_uncertain, target_masks.shape, mask_logits.shape):

@@ -393,8 +393,8 @@ def _point_mask_losses_core(key, pred_masks, target_masks, num_masks, ok, *,
                             num_points, oversample_ratio,
                             importance_sample_ratio, implementation):
   pred_masks = pred_masks[:, None]
-  num_candidates = int(num_points * oversample_ratio)
-  num_uncertain = int(importance_sample_ratio * num_points)
+  num_candidates, num_uncertain = sampling.point_counts(
+      num_points, oversample_ratio, importance_sample_ratio)
   if (pred_masks.dtype == target_masks.dtype == jnp.float32
       and pred_masks.shape[0] and xla_cpu_mask_losses.can_run(
           key, pred_masks.shape[0], num_candidates,

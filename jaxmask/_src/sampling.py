@@ -469,6 +469,15 @@ def sample_points_using_uncertainty(
       uncertainty_fn=uncertainty_fn, implementation=implementation)
 
 
+def point_counts(num_points, oversample_ratio, importance_sample_ratio):
+  """`(candidates, uncertain points)` per mask: `int(P * r)`, `int(b * P)`.
+
+  The originals' counts (HF's `Mask2FormerLoss.sample_points_using_uncertainty`).
+  """
+  return (int(num_points * oversample_ratio),
+          int(importance_sample_ratio * num_points))
+
+
 def sample_needed_points(key, logits, needed, *, num_points, oversample_ratio,
                          importance_sample_ratio, implementation,
                          uncertainty_fn=calculate_uncertainty):
@@ -479,8 +488,8 @@ def sample_needed_points(key, logits, needed, *, num_points, oversample_ratio,
   XLA:CPU kernel skips a chunk of such rows); the points of every needed
   row are those of `sample_points_using_uncertainty`, bit for bit.
   """
-  num_candidates = int(num_points * oversample_ratio)
-  num_uncertain = int(importance_sample_ratio * num_points)
+  num_candidates, num_uncertain = point_counts(num_points, oversample_ratio,
+                                               importance_sample_ratio)
   if logits.shape[0] == 0:
     return jnp.zeros((0, num_points, 2), jnp.float32)
   return _sample_core(key, lax.stop_gradient(logits), needed, num_candidates,
